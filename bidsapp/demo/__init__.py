@@ -1,0 +1,1 @@
+"""Phantom BIDS datasets, demo-model training and nnU-Net model-folder writing."""
