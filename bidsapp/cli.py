@@ -1,0 +1,321 @@
+"""BIDS-App command line: ``run.py bids_dir output_dir {participant,group} [options]``.
+
+Parses, checks every value where it enters, builds one :class:`Settings`, and hands over to the plan,
+the runner or the group level. Exit codes follow the BIDS execution spec draft (see ``EXIT``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from . import __version__
+from .errors import ConfigError, CordlesionError, ModelError, OutputError
+from .settings import Settings, default_omp_nthreads
+
+log = logging.getLogger("bidsapp")
+
+EXIT = {"ok": 0, "failed": 1, "invalid_bids": 16, "unknown_level": 17, "no_match": 18, "usage": 64,
+        "data": 65, "no_input": 66, "cant_create": 73}
+LEVELS = ("participant", "group")
+
+
+class UsageError(Exception):
+    """A command-line usage error (exit 64)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on bad arguments; BIDS Apps exit 64 (EX_USAGE)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        raise UsageError(f"{self.prog}: error: {message}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _label(prefix: str):
+    def parse(text: str) -> str:
+        label = text[len(prefix):] if text.startswith(prefix) else text
+        if not label or not label.isalnum():
+            raise argparse.ArgumentTypeError(f"{text!r} is not a BIDS label (letters and digits, optional "
+                                             f"{prefix!r})")
+        return label
+    return parse
+
+
+def _folds(text: str) -> tuple[int, ...]:
+    try:
+        folds = tuple(int(f) for f in text.replace(",", " ").split())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: folds are integers, e.g. 0,1,2") from None
+    if not folds or min(folds) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more fold numbers >= 0")
+    return folds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The BIDS-App argument parser (exits 64 through :class:`UsageError` on bad arguments)."""
+    p = _Parser(prog="cordlesion", description="Spinal cord MS lesion segmentation (SCT lesion models) as "
+                "a BIDS App.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("bids_dir", type=Path, help="input BIDS dataset (read only)")
+    p.add_argument("output_dir", type=Path, help="output BIDS-Derivatives folder (not inside bids_dir)")
+    p.add_argument("analysis_level", help="participant (segment each image) or group (tables and QC index)")
+    p.add_argument("-v", "--version", action="version", version=f"cordlesion {__version__}")
+    sel = p.add_argument_group("selecting images")
+    sel.add_argument("--participant_label", "--participant-label", nargs="+", type=_label("sub-"),
+                     metavar="LABEL", help="participants to process (with or without 'sub-'); default all")
+    sel.add_argument("--session_label", "--session-label", nargs="+", type=_label("ses-"), metavar="LABEL",
+                     help="sessions to process (with or without 'ses-'); default all")
+    sel.add_argument("--bids-filter-file", "--bids_filter_file", type=Path, metavar="FILE",
+                     help="JSON of entity filters (schema: bidsapp/schemas/bids_filter.schema.json)")
+    sel.add_argument("--config", type=Path, metavar="FILE",
+                     help="routing JSON: which tasks run on which images "
+                     "(bidsapp/schemas/config.schema.json)")
+    sel.add_argument("--skip_bids_validator", "--skip-bids-validator", action="store_true",
+                     help="do not validate bids_dir with bids-validator-deno")
+    mod = p.add_argument_group("models")
+    mod.add_argument("--models-dir", "--models_dir", type=Path, metavar="DIR",
+                     default=os.environ.get("CORDLESION_MODELS") or None,
+                     help="installed models folder (env CORDLESION_MODELS)")
+    mod.add_argument("--demo", action="store_true", help="use the small demo models (phantom data only)")
+    mod.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower)")
+    mod.add_argument("--folds", type=_folds, metavar="LIST", help="nnU-Net folds to ensemble, e.g. 0,1 "
+                     "(default: all in the model)")
+    mod.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                     help="auto uses CUDA when available")
+    run = p.add_argument_group("running")
+    run.add_argument("-w", "--work-dir", "--work_dir", type=Path, metavar="DIR",
+                     help="scratch folder (default: a temporary folder, removed at the end)")
+    run.add_argument("--nprocs", "--n_cpus", "--n-cpus", type=_positive_int, default=1,
+                     help="worker processes (images segmented in parallel)")
+    run.add_argument("--omp-nthreads", "--omp_nthreads", type=_positive_int,
+                     help="torch/OpenMP threads per worker (default: CPUs / nprocs)")
+    run.add_argument("--overwrite", action="store_true", help="recompute images whose outputs are up to date")
+    run.add_argument("--dry-run", "--dry_run", action="store_true",
+                     help="print the plan (inputs, tasks, models, outputs, up to date or not) and stop")
+    run.add_argument("--verbose", action="count", default=0, help="more log output (repeat for debug)")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the app; returns the exit code (never raises for user errors)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT["usage"]
+    except SystemExit as exc:  # --help, --version
+        return int(exc.code or 0)
+    _setup_logging(args.verbose)
+    try:
+        return _run(args)
+    except _Exit as exc:
+        log.error("%s", exc.message)
+        return exc.code
+
+
+class _Exit(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = EXIT[code], message
+
+
+def _setup_logging(verbose: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose or not sys.stderr.isatty()
+                     else logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_cordlesion", False)]:
+        root.removeHandler(old)
+    handler._cordlesion = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+
+
+def _run(args: argparse.Namespace) -> int:
+    level = args.analysis_level
+    if level not in LEVELS:
+        raise _Exit("unknown_level", f"unknown analysis level {level!r}: use one of {', '.join(LEVELS)}")
+    bids_dir, output_dir = _check_dirs(args.bids_dir, args.output_dir)
+    if level == "group":
+        from .group import run_group
+
+        return run_group(output_dir)
+    settings = _settings(args, bids_dir, output_dir)
+    work = Path(tempfile.mkdtemp(prefix="cordlesion-")) if settings.work_dir is None else settings.work_dir
+    try:
+        _prepare_environment(work, settings)
+        return _participant(settings, work)
+    finally:
+        if settings.work_dir is None:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_dirs(bids_dir: Path, output_dir: Path) -> tuple[Path, Path]:
+    bids_dir, output_dir = bids_dir.absolute(), output_dir.absolute()
+    if not bids_dir.is_dir():
+        raise _Exit("no_input", f"{bids_dir}: bids_dir does not exist or is not a folder")
+    if not (bids_dir / "dataset_description.json").is_file():
+        raise _Exit("no_input", f"{bids_dir}: not a BIDS dataset (no dataset_description.json)")
+    real_in, real_out = bids_dir.resolve(), output_dir.resolve()
+    if real_out == real_in or real_in in real_out.parents:
+        suggestion = real_in.parent / f"{real_in.name}-cordlesion"
+        raise _Exit("cant_create", f"{output_dir}: output_dir is bids_dir or inside it; nothing is ever "
+                    f"written into the input dataset: use e.g. {suggestion}")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _Exit("cant_create", f"{output_dir}: cannot create output_dir ({exc.strerror or exc})") from exc
+    if not os.access(output_dir, os.W_OK | os.X_OK):
+        raise _Exit("cant_create", f"{output_dir}: output_dir is not writable")
+    return bids_dir, output_dir
+
+
+def _settings(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -> Settings:
+    from . import plan
+
+    try:
+        rules = (plan.load_config(plan.read_json(args.config, "routing config"), str(args.config))
+                 if args.config else plan.default_rules())
+        filters = (plan.load_filters(plan.read_json(args.bids_filter_file, "BIDS filter file"),
+                                     str(args.bids_filter_file)) if args.bids_filter_file else {"*": {}})
+    except ConfigError as exc:
+        raise _Exit("usage", str(exc)) from exc
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise _Exit("usage", "--device cuda: no CUDA device is available to this process")
+    return Settings(
+        bids_dir=bids_dir, output_dir=output_dir, analysis_level=args.analysis_level,
+        participants=tuple(args.participant_label or ()), sessions=tuple(args.session_label or ()),
+        filters=filters, rules=tuple(rules), config_file=args.config,
+        models_dir=Path(args.models_dir).absolute() if args.models_dir else None, demo=args.demo,
+        work_dir=args.work_dir.absolute() if args.work_dir else None, nprocs=args.nprocs,
+        omp_nthreads=args.omp_nthreads or default_omp_nthreads(args.nprocs), device=args.device,
+        tta=args.tta, folds=args.folds, overwrite=args.overwrite, dry_run=args.dry_run,
+        skip_bids_validator=args.skip_bids_validator)
+
+
+def _prepare_environment(work: Path, settings: Settings) -> None:
+    """Caches and thread counts for this process and the workers it spawns: never HOME (it may be
+    read-only in containers), threads capped per worker so nprocs x threads fits the CPUs."""
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _Exit("cant_create", f"{work}: cannot create the work dir ({exc.strerror or exc})") from exc
+    for var, sub in (("MPLCONFIGDIR", "matplotlib"), ("XDG_CACHE_HOME", "cache"), ("TORCH_HOME", "torch"),
+                     ("DENO_DIR", "deno"), ("TORCHINDUCTOR_CACHE_DIR", "inductor")):
+        os.environ.setdefault(var, str(work / sub))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(settings.omp_nthreads)
+
+
+def _participant(settings: Settings, work: Path) -> int:
+    from . import derivatives, plan, runner
+
+    if not settings.skip_bids_validator:
+        _validate_input(settings, work)
+    try:
+        images = plan.index(settings.bids_dir, participants=settings.participants or None,
+                            sessions=settings.sessions or None, filters=settings.filters,
+                            suffixes=plan.rule_suffixes(settings.rules))
+        jobs = plan.route(images, settings.rules)
+    except ConfigError as exc:
+        raise _Exit("usage", str(exc)) from exc
+    if not jobs:
+        raise _Exit("no_match", f"{settings.bids_dir}: the participant/session labels and filters selected "
+                    f"no image to process{_selection(settings)}. The dataset has "
+                    f"{plan.describe_dataset(settings.bids_dir)}")
+    _warn_missing_labels(settings, images)
+    try:
+        located = runner.locate_models(sorted({j.task for j in jobs}), settings)
+    except ModelError as exc:
+        raise _Exit("no_input", str(exc)) from exc
+    items = runner.prepare(jobs, settings, located)
+    if settings.dry_run:
+        print(format_plan(items, settings))
+        return EXIT["ok"]
+    try:
+        derivatives.write_dataset_files(settings.output_dir, settings.bids_dir)
+        summary = runner.run_jobs(items, settings)
+    except OutputError as exc:
+        raise _Exit("cant_create", str(exc)) from exc
+    _log_summary(summary)
+    return summary.exit_code
+
+
+def _selection(settings: Settings) -> str:
+    parts = []
+    if settings.participants:
+        parts.append("participant_label " + " ".join(settings.participants))
+    if settings.sessions:
+        parts.append("session_label " + " ".join(settings.sessions))
+    if any(settings.filters.values()):
+        parts.append("filters " + json.dumps(settings.filters))
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+def _warn_missing_labels(settings: Settings, images: Sequence[Any]) -> None:
+    found = {i.subject for i in images}
+    missing = [p for p in settings.participants if p not in found]
+    if missing:
+        log.warning("no image selected for participant(s) %s", ", ".join(f"sub-{m}" for m in missing))
+
+
+def _validate_input(settings: Settings, work: Path) -> None:
+    from .validation import ValidatorUnavailableError, validate
+
+    try:
+        report = validate(settings.bids_dir, work_dir=work)
+    except ValidatorUnavailableError as exc:
+        raise _Exit("invalid_bids", f"{exc} (or run with --skip_bids_validator)") from exc
+    if report.n_errors:
+        raise _Exit("invalid_bids", f"{settings.bids_dir}: bids-validator-deno found {report.n_errors} "
+                    f"error(s); fix them or run with --skip_bids_validator:\n{report.summary()}")
+    log.info("bids-validator-deno: 0 errors, %d warning(s)", sum(len(v) for v in report.warnings.values()))
+
+
+def format_plan(items: Sequence[Any], settings: Settings) -> str:
+    """Human-readable plan: each input, its task, models, outputs, up to date or not."""
+    lines = [f"cordlesion {__version__} plan: {len(items)} job(s), bids_dir {settings.bids_dir}, "
+             f"output_dir {settings.output_dir}"]
+    for item in items:
+        job = item.job
+        status = "up to date" if item.up_to_date else ("will run" if item.state else "will run (input "
+                                                      "unreadable now)")
+        models = ", ".join(f"{name} ({m.release})" for name, m in item.models.items())
+        lines.append(f"- {job.source.relpath}\n    task: {job.task}   models: {models}   [{status}]")
+        for key in ("mask", "probseg", "cord"):
+            if key in job.outputs:
+                lines.append(f"    -> {job.outputs[key]}")
+    return "\n".join(lines)
+
+
+def _log_summary(summary: Any) -> None:
+    done, skipped, failed = summary.count("done"), summary.count("skipped"), summary.failed
+    log.info("summary: %d done, %d up to date, %d failed", done, skipped, len(failed))
+    for result in failed:
+        log.error("failed: %s -- %s (log: %s)", result.source, result.message, result.log)
+
+
+__all__ = ["build_parser", "main", "EXIT", "format_plan", "CordlesionError"]

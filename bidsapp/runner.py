@@ -1,0 +1,315 @@
+"""Running jobs: up-to-date checks, a pool of worker processes, progress, per-image failure isolation.
+
+Each job (one task on one image) runs in a worker; any exception is caught there, its traceback goes to
+the image's log file (``logs/sub-*/...log``) and the run goes on. One predictor per model is built once
+per worker (the pipelines cache them), so a worker reuses its models across images.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import io
+import logging
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import __version__, derivatives
+from .errors import CordlesionError, InputImageError
+from .plan import Job
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Models each task loads (the cord model crops the image before the MP2RAGE lesion model).
+TASK_MODELS: dict[str, tuple[str, ...]] = {
+    "lesion_ms": ("lesion_ms",),
+    "lesion_ms_mp2rage": ("spinalcord", "lesion_ms_mp2rage"),
+    "spinalcord": ("spinalcord",),
+    "t2": ("spinalcord", "t2"),
+    "t2_ax": ("spinalcord", "t2_ax"),
+    "t2s": ("spinalcord", "t2s"),
+}
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """A job with what the worker needs: its located models and the up-to-date state to record."""
+
+    job: Job
+    models: Mapping[str, Any]
+    state: Mapping[str, Any] | None
+    up_to_date: bool = False
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """Outcome of one job."""
+
+    name: str
+    source: str
+    task: str
+    status: str  # "done", "failed" or "skipped"
+    seconds: float = 0.0
+    message: str = ""
+    log: str = ""
+
+
+@dataclass
+class RunSummary:
+    """All job outcomes of a run."""
+
+    results: list[JobResult] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def failed(self) -> list[JobResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every job succeeded or was up to date, 1 when any failed."""
+        return 1 if self.failed else 0
+
+
+# --------------------------------------------------------------------------------------- preparation
+def locate_models(tasks: Sequence[str], settings: Settings) -> dict[str, Any]:
+    """``task -> LocatedModel`` for every model the tasks need (raises NoModelsError / ModelError)."""
+    from . import models
+
+    needed = dict.fromkeys(m for task in tasks for m in TASK_MODELS.get(task, (task,)))
+    return {name: models.locate(name, models_dir=settings.models_dir, demo=settings.demo) for name in needed}
+
+
+def model_identity(located: Any) -> dict[str, Any]:
+    """What identifies a model in provenance and up-to-date checks: release and weight checksums."""
+    return {"release": located.release, "demo": bool(located.demo), "sha256": dict(located.sha256)}
+
+
+def prepare(jobs: Sequence[Job], settings: Settings, located: Mapping[str, Any]) -> list[WorkItem]:
+    """Attach models and the state (input checksum, models, parameters) to each job; mark up-to-date ones."""
+    items = []
+    for job in jobs:
+        models = {name: located[name] for name in TASK_MODELS.get(job.task, (job.task,))}
+        try:
+            input_sha = derivatives.sha256_file(job.source.path)
+        except OSError:  # broken git-annex link, unreadable: the worker reports it with a hint
+            items.append(WorkItem(job, models, None))
+            continue
+        state = {"InputSha256": input_sha, "Task": job.task,
+                 "Models": {name: model_identity(m) for name, m in models.items()},
+                 "Parameters": settings.parameters()}
+        fresh = not settings.overwrite and derivatives.is_up_to_date(
+            settings.output_dir, job.outputs["mask_json"], state)
+        items.append(WorkItem(job, models, state, up_to_date=fresh))
+    return items
+
+
+# ------------------------------------------------------------------------------------------- workers
+def init_worker(omp_nthreads: int) -> None:
+    """Per-process setup: torch threads (the CLI owns global thread settings, workers inherit them)."""
+    import torch
+
+    torch.set_num_threads(max(1, omp_nthreads))
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set in this process (in-process runs)
+        pass
+
+
+class _Capture(logging.Handler):
+    """Collects this job's log lines for its per-image log file."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.buffer = io.StringIO()
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.buffer.write(self.format(record) + "\n")
+
+
+def check_source(path: Path, relpath: str) -> None:
+    """Fail early, with a fix, on a DataLad/git-annex file whose content is not here."""
+    if path.is_symlink() and not path.exists():
+        target = os.readlink(path)
+        hint = "run `datalad get` on it" if ".git/annex" in target else "fix or fetch its target"
+        raise InputImageError(f"{path}: broken symbolic link to {target} (content not present: {hint}, "
+                              f"e.g. `datalad get {relpath}` in the dataset)")
+
+
+def run_one(item: WorkItem, settings: Settings) -> JobResult:
+    """Run one job; never raises for a bad image: the failure is returned and logged to the image's log."""
+    job = item.job
+    capture = _Capture()
+    root = logging.getLogger()
+    root.addHandler(capture)
+    previous_level = root.level
+    root.setLevel(min(previous_level, logging.INFO) if previous_level else logging.INFO)
+    start = time.perf_counter()
+    status, message = "done", ""
+    try:
+        log.info("%s: task %s", job.source.path, job.task)
+        _process(item, settings, start)
+    except Exception as exc:  # isolation: one bad image must not stop the others
+        status = "failed"
+        message = str(exc) if isinstance(exc, CordlesionError) else f"{job.source.path}: {exc!r}"
+        log.error("%s failed: %s\n%s", job.name, message, traceback.format_exc())
+    finally:
+        root.removeHandler(capture)
+        root.setLevel(previous_level)
+        _write_log(settings.output_dir, job.log, capture.buffer.getvalue(), settings)
+    return JobResult(job.name, job.source.relpath, job.task, status, time.perf_counter() - start,
+                     message, job.log)
+
+
+def _process(item: WorkItem, settings: Settings, start: float) -> None:
+    from . import pipelines
+    from .imaging import load_image
+    from .metrics import lesion_stats
+
+    job = item.job
+    check_source(job.source.path, job.source.relpath)
+    img = load_image(job.source.path)
+    state = item.state
+    if state is None:  # could not be hashed at planning time but loaded now: hash again
+        state = {**prepare([job], settings, item.models)[0].state}
+    result = pipelines.segment(img, task=job.task, models=item.models, device=settings.device,
+                               tta=settings.tta, folds=settings.folds)
+    stats = lesion_stats(result.mask)
+    provenance = _provenance(item, settings, result, stats, state, time.perf_counter() - start)
+    derivatives.write_segmentation(
+        settings.output_dir, job.outputs, mask=result.mask, probseg=result.probseg,
+        cord=result.cord if "cord" in job.outputs else None,
+        source_uri=f"bids:raw:{job.source.relpath}", description=_DESCRIPTIONS.get(job.task, job.task),
+        provenance=provenance)
+    _write_qc(job, img, result, settings)
+    log.info("%s: %d lesion(s), %.1f mm3", job.name, stats.count, stats.total_mm3)
+
+
+_DESCRIPTIONS = {
+    "lesion_ms": "MS spinal cord lesions segmented by the SCT lesion_ms model (nnU-Net v2)",
+    "lesion_ms_mp2rage": "MS spinal cord lesions on MP2RAGE UNIT1 (SCT lesion_ms_mp2rage on a cord crop)",
+    "spinalcord": "Spinal cord segmented by the SCT contrast-agnostic model",
+    "t2": "MS spinal cord lesions by the legacy SCT sct_deepseg_lesion t2 model",
+    "t2_ax": "MS spinal cord lesions by the legacy SCT sct_deepseg_lesion t2_ax model",
+    "t2s": "MS spinal cord lesions by the legacy SCT sct_deepseg_lesion t2s model",
+}
+
+
+def _provenance(item: WorkItem, settings: Settings, result: Any, stats: Any, state: Mapping[str, Any],
+                seconds: float) -> dict[str, Any]:
+    pipeline = dict(getattr(result, "provenance", {}) or {})
+    return {
+        "Software": derivatives.APP_NAME,
+        "Version": __version__,
+        "Task": item.job.task,
+        "Models": {name: model_identity(m) for name, m in item.models.items()},
+        "Folds": pipeline.get("folds", list(settings.folds) if settings.folds is not None else "all"),
+        "TTA": settings.tta,
+        "Threshold": pipeline.get("threshold"),
+        "Device": pipeline.get("device", settings.device),
+        "RunTimeSeconds": round(seconds, 3),
+        "LesionCount": int(stats.count),
+        "LesionVolumeMm3": round(float(stats.total_mm3), 3),
+        "Date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "Pipeline": pipeline,
+        "State": dict(state),
+    }
+
+
+def _write_qc(job: Job, img: Any, result: Any, settings: Settings) -> None:
+    """Per-image QC call site (pictures + record under ``figures/``), owned by the QC module."""
+    return None
+
+
+def _write_log(output_dir: Path, rel: str, text: str, settings: Settings) -> None:
+    try:
+        derivatives.atomic_write_bytes(Path(output_dir) / rel, text.encode())
+        settings_path = (Path(output_dir) / rel).with_name(Path(rel).stem + "_settings.json")
+        derivatives.atomic_write_bytes(settings_path, settings.dumps().encode())
+    except CordlesionError as exc:  # the image's outcome matters more than its log
+        log.warning("%s", exc)
+
+
+# ---------------------------------------------------------------------------------------------- pool
+def run_jobs(items: Sequence[WorkItem], settings: Settings) -> RunSummary:
+    """Run every item that is not up to date; progress on a terminal, log lines otherwise."""
+    summary = RunSummary([JobResult(i.job.name, i.job.source.relpath, i.job.task, "skipped",
+                                    message="up to date", log=i.job.log) for i in items if i.up_to_date])
+    todo = [i for i in items if not i.up_to_date]
+    if summary.results:
+        log.info("%d job(s) up to date, skipped (use --overwrite to recompute)", len(summary.results))
+    if not todo:
+        return summary
+    report = _progress(len(todo))
+    try:
+        if settings.nprocs <= 1 or len(todo) == 1:
+            init_worker(settings.omp_nthreads)
+            for item in todo:
+                summary.results.append(report(run_one(item, settings)))
+        else:
+            _run_pool(todo, settings, lambda r: summary.results.append(report(r)))
+    finally:
+        report(None)
+    return summary
+
+
+def _run_pool(todo: Sequence[WorkItem], settings: Settings, collect: Callable[[JobResult], None]) -> None:
+    # spawn: no fork of a parent that may hold torch threads or CUDA state.
+    ctx = multiprocessing.get_context("spawn")
+    workers = min(settings.nprocs, len(todo))
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker,
+                                initargs=(settings.omp_nthreads,)) as pool:
+        futures = {pool.submit(run_one, item, settings): item for item in todo}
+        try:
+            for future in cf.as_completed(futures):
+                item = futures[future]
+                try:
+                    collect(future.result())
+                except Exception as exc:  # the worker itself died (killed, out of memory)
+                    collect(JobResult(item.job.name, item.job.source.relpath, item.job.task, "failed",
+                                      message=f"{item.job.source.path}: worker process died ({exc!r})",
+                                      log=item.job.log))
+        except KeyboardInterrupt:
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def _progress(total: int) -> Callable[[JobResult | None], JobResult | None]:
+    """A reporter: tqdm bar with ETA on a terminal, one log line per job otherwise. ``None`` closes it."""
+    done = 0
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="image", dynamic_ncols=True, file=sys.stderr)
+
+    def report(result: JobResult | None) -> JobResult | None:
+        nonlocal done
+        if result is None:
+            if bar is not None:
+                bar.close()
+            return None
+        done += 1
+        if bar is not None:
+            bar.set_postfix_str(f"{result.name} {result.status}", refresh=False)
+            bar.update(1)
+            if result.status == "failed":
+                bar.write(f"FAILED {result.message} (log: {result.log})", file=sys.stderr)
+        elif result.status == "failed":
+            log.error("[%d/%d] FAILED %s: %s (log: %s)", done, total, result.name, result.message, result.log)
+        else:
+            log.info("[%d/%d] %s %s in %.1f s", done, total, result.name, result.status, result.seconds)
+        return result
+
+    return report
