@@ -80,9 +80,15 @@ def _load_schema(name: str) -> dict[str, Any]:
 def _validate(obj: Any, schema_name: str, origin: str) -> None:
     validator = jsonschema.Draft202012Validator(_load_schema(schema_name))
     error = jsonschema.exceptions.best_match(validator.iter_errors(obj))
-    if error is not None:
-        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
-        raise ConfigError(f"{origin}: {where or '<top level>'}: {error.message}")
+    if error is None:
+        return
+    path = list(error.absolute_path)
+    message = error.message
+    if "propertyNames" in error.absolute_schema_path:  # a bad key: name it, not its parent
+        path.append(error.instance)
+        message = f"unknown key {error.instance!r}"
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    raise ConfigError(f"{origin}: {where or '<top level>'}: {message}")
 
 
 def read_json(path: str | Path, what: str) -> Any:
