@@ -319,8 +319,9 @@ def test_interrupted_install_leaves_previous_model_usable(env, monkeypatch):
     # Killed between the two renames of the swap: the previous install is found aside.
     os.rename(env / "spinalcord", env / ".spinalcord.old-123")
     assert models.locate("spinalcord", models_dir=env).sha256 == before.sha256
-    install("spinalcord", models_dir=env)  # a reinstall completes the swap
+    install("spinalcord", models_dir=env)  # a reinstall completes the swap and tidies up
     assert models.locate("spinalcord", models_dir=env).path == before.path
+    assert [p.name for p in env.iterdir()] == ["spinalcord"]
 
 
 def test_read_only_models_dir_works_and_locate_never_writes(installed_ms, tmp_path, monkeypatch):

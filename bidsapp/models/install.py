@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import urllib.parse
 import uuid
 from dataclasses import dataclass
@@ -238,6 +239,18 @@ def _swap_into_place(staged: Path, dest: Path) -> None:
     os.rename(staged, dest)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+    _remove_leftovers(dest)
+
+
+def _remove_leftovers(dest: Path) -> None:
+    """Remove what killed installs left: aside copies (the new install is in place) and staging
+    folders older than a day (a younger one may belong to an install running right now)."""
+    now = time.time()
+    for p in dest.parent.glob(f".{dest.name}.*"):
+        stale = ".old-" in p.name or (".tmp-" in p.name and now - p.stat().st_mtime > 86400)
+        if stale and p.is_dir() and not p.is_symlink():
+            log.info("removing %s left by an interrupted install", p)
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def install(name: str, *, models_dir: str | Path | None = None, origin: list[str] | None = None,
