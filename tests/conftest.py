@@ -1,0 +1,41 @@
+"""Shared pytest fixtures. Session-scoped data are READ-ONLY: copy before modifying."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bidsapp.demo.dataset import write_dataset
+from bidsapp.demo.phantom import Phantom, make_phantom
+
+#: seed of the shared phantom dataset; the demo models were trained on other seeds
+#: (bidsapp/models/demo/*/demo_training.json lists them)
+PHANTOM_BIDS_SEED = 20261124
+
+
+@pytest.fixture(scope="session")
+def phantom_bids(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 5-subject phantom BIDS dataset (sessions, acq-/run- entities, T2w, T2starw, T2star, UNIT1 and
+    MP2RAGE inversions, a healthy control) with ground truth under ``derivatives/groundtruth``.
+    Written once per session; treat it as read-only."""
+    root = tmp_path_factory.mktemp("phantom_bids")
+    write_dataset(root, n_subjects=5, seed=PHANTOM_BIDS_SEED)
+    return root
+
+
+@pytest.fixture(scope="session")
+def phantom_factory() -> Callable[..., Phantom]:
+    """``phantom_factory(contrast, seed, **make_phantom_kwargs) -> Phantom``, cached per arguments
+    (the same arguments return the same object: do not modify its arrays)."""
+    cache: dict[tuple, Phantom] = {}
+
+    def factory(contrast: str = "T2w", seed: int = 0, **kwargs) -> Phantom:
+        key = (contrast, seed, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+        if key not in cache:
+            cache[key] = make_phantom(contrast, rng=np.random.default_rng(seed), **kwargs)
+        return cache[key]
+
+    return factory
