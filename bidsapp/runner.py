@@ -163,6 +163,7 @@ def run_one(item: WorkItem, settings: Settings) -> JobResult:
         status = "failed"
         message = str(exc) if isinstance(exc, CordlesionError) else f"{job.source.path}: {exc!r}"
         log.error("%s failed: %s\n%s", job.name, message, traceback.format_exc())
+        _write_qc(item, None, None, settings, start, error=message)
     finally:
         root.removeHandler(capture)
         root.setLevel(previous_level)
@@ -191,7 +192,7 @@ def _process(item: WorkItem, settings: Settings, start: float) -> None:
         cord=result.cord if "cord" in job.outputs else None,
         source_uri=f"bids:raw:{job.source.relpath}", description=_DESCRIPTIONS.get(job.task, job.task),
         provenance=provenance)
-    _write_qc(job, img, result, settings)
+    _write_qc(item, img, result, settings, start)
     log.info("%s: %d lesion(s), %.1f mm3", job.name, stats.count, stats.total_mm3)
 
 
@@ -226,9 +227,27 @@ def _provenance(item: WorkItem, settings: Settings, result: Any, stats: Any, sta
     }
 
 
-def _write_qc(job: Job, img: Any, result: Any, settings: Settings) -> None:
-    """Per-image QC call site (pictures + record under ``figures/``), owned by the QC module."""
-    return None
+def _write_qc(item: WorkItem, img: Any, result: Any, settings: Settings, start: float,
+              error: str | None = None) -> None:
+    """Per-image QC call site (pictures + record under ``figures/``), owned by the QC module.
+
+    Called on success and on failure (``error``): every image gets a record. Writing the record of a
+    failed image must not raise (the failure is already being reported).
+    """
+    from .qc import write_image_qc
+
+    job = item.job
+    model = item.models.get(TASK_MODELS.get(job.task, (job.task,))[-1])
+    kwargs = {"source_relpath": job.source.relpath, "task": job.task, "outputs": job.outputs,
+              "model_release": getattr(model, "release", None), "demo": bool(getattr(model, "demo", False)),
+              "runtime_s": time.perf_counter() - start}
+    if error is None:
+        write_image_qc(settings.output_dir, image=img, mask=result.mask, cord=result.cord, **kwargs)
+        return
+    try:
+        write_image_qc(settings.output_dir, error=error, **kwargs)
+    except Exception as exc:  # the image's own failure is what gets reported
+        log.warning("%s: QC record of the failure not written (%s)", job.name, exc)
 
 
 def _write_log(output_dir: Path, rel: str, text: str, settings: Settings) -> None:
