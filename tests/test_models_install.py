@@ -365,3 +365,26 @@ def test_no_models_error_when_only_other_tasks_installed(installed_ms):
     base, manifest = installed_ms
     with pytest.raises(NoModelsError, match="install spinalcord"):
         models.locate("seg_sc_contrast_agnostic", models_dir=base, manifest=manifest)
+
+
+def test_bids_app_run_refuses_a_changed_model(installed_ms, tmp_path, caplog, monkeypatch):
+    import nibabel as nib
+    import numpy as np
+
+    from bidsapp import cli
+
+    base, manifest = installed_ms
+    monkeypatch.setenv(registry.MANIFEST_ENV, str(manifest))
+    models_dir = _copy_install(base, tmp_path / "models")
+    plans = models_dir / "lesion_ms" / TRAINER / "plans.json"
+    plans.write_text(plans.read_text().replace('"batch_size": 2', '"batch_size": 3'))
+    bids = tmp_path / "bids"
+    (bids / "sub-01" / "anat").mkdir(parents=True)
+    (bids / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.9.0"}')
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)),
+             bids / "sub-01" / "anat" / "sub-01_T2w.nii.gz")
+    code = cli.main([str(bids), str(tmp_path / "out"), "participant", "--models-dir", str(models_dir),
+                     "--skip-bids-validator", "--dry-run"])
+    assert code == cli.EXIT["no_input"]
+    assert f"{TRAINER}/plans.json: sha256 differs" in caplog.text
+    assert "python -m bidsapp.models install lesion_ms" in caplog.text
