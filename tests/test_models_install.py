@@ -23,8 +23,8 @@ import pytest
 from bidsapp import models
 from bidsapp.demo.modelfolder import make_dataset_json, make_plans, random_state_dict, write_model_folder
 from bidsapp.errors import ModelError, NoModelsError
+from bidsapp.models import archive, registry
 from bidsapp.models import install as install_mod
-from bidsapp.models import registry
 from bidsapp.models.__main__ import main
 from bidsapp.models.install import install
 
@@ -83,8 +83,10 @@ def releases(tmp_path_factory) -> dict:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     files: dict[str, bytes] = {}
+    requests: list[str] = []
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
+        self.requests.append(self.path)
         name = self.path.lstrip("/")
         truncated = name.startswith("truncated/")
         data = self.files.get(name.removeprefix("truncated/"))
@@ -213,12 +215,16 @@ def test_extra_file_is_refused(installed_ms, tmp_path):
         models.locate("lesion_ms", models_dir=models_dir, manifest=manifest)
 
 
-def test_truncated_download_installs_nothing(tmp_path, server, capsys):
+def test_truncated_download_installs_nothing(tmp_path, server, monkeypatch):
     def truncate(m):
         m["sources"][3]["url"] = m["sources"][3]["url"].replace("/model_fold3", "/truncated/model_fold3")
     manifest = _manifest(tmp_path, server, lesion_ms=truncate)
-    with pytest.raises(ModelError, match=r"truncated/model_fold3.zip: download truncated: \d+ of \d+ bytes"):
+    monkeypatch.setattr(archive, "RETRY_DELAYS", (0.0, 0.0))
+    _Handler.requests.clear()
+    with pytest.raises(ModelError, match=r"truncated/model_fold3.zip: download truncated: \d+ of \d+ "
+                                         r"bytes received \(after 3 attempts\)"):
         install("lesion_ms", models_dir=tmp_path / "models", manifest=manifest)
+    assert _Handler.requests.count("/truncated/model_fold3.zip") == 3  # retried, then given up
     assert list((tmp_path / "models").iterdir()) == []  # no model, no staging, no partial download
 
 

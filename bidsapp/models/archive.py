@@ -13,6 +13,7 @@ import os
 import shutil
 import stat
 import sys
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 MAX_UNPACKED_BYTES = 50 * (1 << 30)  # refuse archives that claim to unpack to more (zip bombs)
+RETRY_DELAYS = (3.0, 10.0)  # seconds before the 2nd and 3rd attempt of a download
 
 
 @dataclass(frozen=True)
@@ -75,15 +77,16 @@ def _check_expected(url: str, size: int, digest: str, exp_size: int | None, exp_
         raise ModelError(f"{url}: sha256 {digest} differs from the manifest's {exp_sha}")
 
 
-def download(url: str, dest: Path, *, expected_size: int | None = None, expected_sha256: str | None = None,
-             timeout: float = 60.0) -> Fetched:
-    """Download ``url`` to the file ``dest`` (which must not exist), checking Content-Length and, when the
-    manifest knows them, size and sha256. Raises ``ModelError`` (and removes ``dest``) on any failure."""
+class _Transient(ModelError):
+    """A network failure worth another attempt (connection reset, timeout, truncated body, HTTP 5xx)."""
+
+
+def _fetch_once(url: str, dest: Path, timeout: float) -> tuple[int, str]:
     req = urllib.request.Request(url, headers={"User-Agent": f"cordlesion/{__version__}"})
     h = hashlib.sha256()
     size = 0
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp, open(dest, "xb") as out:
+        with urllib.request.urlopen(req, timeout=timeout) as resp, open(dest, "wb") as out:
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             bar = _Progress(PurePosixPath(url).name or url, total)
@@ -95,22 +98,37 @@ def download(url: str, dest: Path, *, expected_size: int | None = None, expected
                     bar.update(len(chunk))
             finally:
                 bar.close()
-            if total is not None and size != total:
-                raise ModelError(f"{url}: download truncated: {size} of {total} bytes received")
-    except ModelError:
-        dest.unlink(missing_ok=True)
-        raise
+    except urllib.error.HTTPError as exc:
+        kind = _Transient if exc.code >= 500 else ModelError
+        raise kind(f"{url}: download failed (HTTP {exc.code} {exc.reason})") from exc
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-        dest.unlink(missing_ok=True)
         reason = getattr(exc, "reason", None) or exc
-        raise ModelError(f"{url}: download failed ({type(exc).__name__}: {reason})") from exc
-    fetched = Fetched(url, dest, size, h.hexdigest())
-    try:
-        _check_expected(url, size, fetched.sha256, expected_size, expected_sha256)
-    except ModelError:
-        dest.unlink(missing_ok=True)
-        raise
-    return fetched
+        raise _Transient(f"{url}: download failed ({type(exc).__name__}: {reason})") from exc
+    if total is not None and size != total:
+        raise _Transient(f"{url}: download truncated: {size} of {total} bytes received")
+    return size, h.hexdigest()
+
+
+def download(url: str, dest: Path, *, expected_size: int | None = None, expected_sha256: str | None = None,
+             timeout: float = 60.0) -> Fetched:
+    """Download ``url`` to the file ``dest``, checking Content-Length and, when the manifest knows them,
+    size and sha256. Network failures are retried (``RETRY_DELAYS``). Raises ``ModelError`` (and removes
+    ``dest``) on any failure."""
+    for attempt, delay in enumerate((*RETRY_DELAYS, None), start=1):
+        try:
+            size, digest = _fetch_once(url, dest, timeout)
+            _check_expected(url, size, digest, expected_size, expected_sha256)
+            return Fetched(url, dest, size, digest)
+        except _Transient as exc:
+            dest.unlink(missing_ok=True)
+            if delay is None:
+                raise ModelError(f"{exc} (after {attempt} attempts)") from exc
+            log.warning("%s; retrying in %.0f s", exc, delay)
+            time.sleep(delay)
+        except ModelError:
+            dest.unlink(missing_ok=True)
+            raise
+    raise AssertionError("unreachable")
 
 
 def _member_target(info: zipfile.ZipInfo, archive: Path, dest: Path) -> Path | None:
