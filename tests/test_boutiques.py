@@ -1,0 +1,81 @@
+"""The Boutiques descriptor: valid for `bosh`, its example invocation simulates to a command line that the
+app's own parser accepts with the intended values, and every option it names exists in the CLI."""
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bidsapp.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+DESCRIPTOR = ROOT / "boutiques" / "descriptor.json"
+INVOCATION = ROOT / "boutiques" / "invocation.json"
+BOSH = Path(sys.executable).parent / "bosh"
+
+pytestmark = pytest.mark.skipif(not BOSH.exists(), reason="boutiques (requirements-test.txt) not installed")
+
+
+def _bosh(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BOSH), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_bosh_validate_accepts_the_descriptor():
+    proc = _bosh("validate", str(DESCRIPTOR))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == "OK"
+
+
+def test_descriptor_carries_the_bids_app_fields():
+    d = json.loads(DESCRIPTOR.read_text())
+    assert d["custom"]["BIDSApplicationVersion"]
+    assert d["tool-version"] == (ROOT / "version").read_text().strip()
+    level = next(i for i in d["inputs"] if i["id"] == "analysis_level")
+    assert level["value-choices"] == ["participant", "group"]
+    assert {e["code"] for e in d["error-codes"]} >= {1, 16, 17, 18, 64}
+
+
+def test_every_descriptor_option_exists_in_the_cli_with_the_same_choices():
+    parser = build_parser()
+    by_flag = {flag: action for action in parser._actions for flag in action.option_strings}
+    d = json.loads(DESCRIPTOR.read_text())
+    for item in d["inputs"]:
+        flag = item.get("command-line-flag")
+        if flag is None:
+            continue
+        assert flag in by_flag, f"{item['id']}: {flag} is not an option of run.py"
+        action = by_flag[flag]
+        if item["type"] == "Flag":
+            assert action.nargs == 0, f"{flag} takes a value in run.py but is a Flag in the descriptor"
+        if "value-choices" in item:
+            assert list(action.choices) == item["value-choices"], flag
+        if item.get("list"):
+            assert action.nargs in ("+", "*"), f"{flag} is a list in the descriptor only"
+
+
+def test_bosh_invocation_and_simulate_give_a_command_line_run_py_accepts():
+    assert _bosh("invocation", str(DESCRIPTOR), "-i", str(INVOCATION)).returncode == 0
+    proc = _bosh("exec", "simulate", str(DESCRIPTOR), "-i", str(INVOCATION))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("python "))
+    argv = shlex.split(line)
+    assert argv[:2] == ["python", "/opt/cordlesion/run.py"]
+    args = build_parser().parse_args(argv[2:])
+    invocation = json.loads(INVOCATION.read_text())
+    assert str(args.bids_dir) == invocation["bids_dir"] and str(args.output_dir) == invocation["output_dir"]
+    assert args.analysis_level == invocation["analysis_level"]
+    assert args.participant_label == invocation["participant_label"]
+    assert args.skip_bids_validator is True
+    assert str(args.work_dir) == invocation["work_dir"]
+    assert (args.nprocs, args.omp_nthreads, args.device) == (2, 2, "cpu")
+
+
+def test_bosh_rejects_an_invocation_with_a_bad_level(tmp_path):
+    bad = json.loads(INVOCATION.read_text()) | {"analysis_level": "session"}
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    proc = _bosh("invocation", str(DESCRIPTOR), "-i", str(tmp_path / "bad.json"))
+    assert proc.returncode != 0
