@@ -394,3 +394,34 @@ def test_bids_app_run_refuses_a_changed_model(installed_ms, tmp_path, caplog, mo
     assert code == cli.EXIT["no_input"]
     assert f"{TRAINER}/plans.json: sha256 differs" in caplog.text
     assert "python -m bidsapp.models install lesion_ms" in caplog.text
+
+
+def _fold_zips(tmp_path: Path, releases: dict, plans_for_fold) -> list[str]:
+    args = []
+    for k in range(5):
+        files = {n: b for n, b in releases["ms_files"].items()
+                 if not n.startswith("fold_") or n.startswith(f"fold_{k}/")}
+        files["plans.json"] = plans_for_fold(k, files["plans.json"])
+        (tmp_path / f"f{k}.zip").write_bytes(_zip({f"{TRAINER}/{n}": b for n, b in files.items()}))
+        args += ["--from", str(tmp_path / f"f{k}.zip")]
+    return args
+
+
+def test_per_fold_plans_must_agree(env, releases, tmp_path, capsys):
+    def reindented(k, raw):  # the same JSON, written differently by each fold's export: accepted
+        return json.dumps(json.loads(raw), indent=k).encode()
+    assert main(["install", "lesion_ms", *_fold_zips(tmp_path, releases, reindented),
+                 "--models-dir", str(env)]) == 0
+    assert json.loads((env / "lesion_ms" / TRAINER / "plans.json").read_text()) == json.loads(
+        releases["ms_files"]["plans.json"])
+
+    def other_spacing(k, raw):  # fold 2 planned on another spacing: these folds cannot be ensembled
+        plans = json.loads(raw)
+        if k == 2:
+            plans["configurations"]["3d_fullres"]["spacing"] = [2.0, 1.0, 1.0]
+        return json.dumps(plans).encode()
+    before = models.locate("lesion_ms", models_dir=env)
+    assert main(["install", "lesion_ms", *_fold_zips(tmp_path, releases, other_spacing),
+                 "--models-dir", str(env)]) == 1
+    assert "f2.zip: plans.json differs from the one in another archive" in capsys.readouterr().err
+    assert models.locate("lesion_ms", models_dir=env) == before  # the previous install is untouched

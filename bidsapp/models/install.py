@@ -121,11 +121,30 @@ def _pick_trainer_folder(root: Path, model: ModelSpec, origin: str) -> tuple[str
     return _folder_name(found[0], model), found[0]
 
 
-def _merge_file(src: Path, target: Path, origin: str) -> None:
+# Files every fold of a release must share: the folds are only ensembled if they agree on these.
+_SHARED = ("plans.json", "dataset.json")
+
+
+def _same_content(a: Path, b: Path) -> bool:
+    if a.read_bytes() == b.read_bytes():
+        return True
+    if a.suffix == ".json":  # the same JSON written with another key order or indentation
+        try:
+            return json.loads(a.read_text()) == json.loads(b.read_text())
+        except ValueError:
+            return False
+    return False
+
+
+def _merge_file(src: Path, out: Path, rel: Path, origin: str) -> None:
+    target = out / rel
     if target.exists():
-        if target.read_bytes() != src.read_bytes():
+        if _same_content(src, target):
+            return
+        if rel.as_posix() in _SHARED:
             raise ModelError(f"{origin}: {target.name} differs from the one in another archive of the "
-                             f"release")
+                             f"release: these folds cannot be combined")
+        log.warning("%s: %s differs from the one in another archive; keeping the first", origin, target.name)
         return
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(src, target)
@@ -141,7 +160,7 @@ def _merge_into(folder: Path, out: Path, origin: str) -> None:
             continue
         if _FOLD_RE.match(rel.parts[0]) and (out / rel).exists():
             raise ModelError(f"{origin}: {rel} is also in another archive of the release")
-        _merge_file(path, out / rel, origin)
+        _merge_file(path, out, rel, origin)
 
 
 def _assemble_nnunet(model: ModelSpec, roots: list[Path], origins: list[str], out: Path) -> str:
