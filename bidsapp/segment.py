@@ -1,0 +1,167 @@
+"""Single-image command, our ``sct_deepseg -i t2.nii.gz -task seg_ms_lesion``.
+
+    python -m bidsapp.segment -i IMAGE -t TASK_OR_MODEL_FOLDER -o MASK [--soft PROBMAP] [--tta]
+        [--folds K ...] [--device auto|cpu|cuda] [--demo] [--models-dir DIR]
+
+Exit codes: 0 success, 64 usage error, 65 unusable input image, 66 missing input, 1 any other failure
+(model missing or broken, output not writable, ...). Errors are one line on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_FAILURE = 64, 65, 66, 1
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+log = logging.getLogger("bidsapp.segment")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits with 2 on usage errors; sysexits says 64."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _nifti_path(value: str) -> Path:
+    if not value.endswith(NIFTI_SUFFIXES):
+        raise argparse.ArgumentTypeError(f"{value!r} must end with .nii or .nii.gz")
+    return Path(value)
+
+
+def _fold(value: str) -> int | str:
+    if value == "all":
+        return value
+    try:
+        fold = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"fold must be a number or 'all', not {value!r}") from None
+    if fold < 0:
+        raise argparse.ArgumentTypeError(f"fold must be >= 0, not {fold}")
+    return fold
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (separate from :func:`main` so tests and the legacy options can extend it)."""
+    p = _Parser(prog="python -m bidsapp.segment",
+                description="Segment one NIfTI image with an SCT lesion/cord model (nnU-Net v2, run by us).")
+    p.add_argument("-i", "--input", required=True, type=Path, metavar="IMAGE", help="input NIfTI image")
+    p.add_argument("-t", "--task", required=True, metavar="TASK_OR_MODEL_FOLDER",
+                   help="lesion_ms, lesion_ms_mp2rage, spinalcord, an SCT alias (seg_ms_lesion, "
+                        "seg_ms_lesion_mp2rage, seg_sc_contrast_agnostic), or an nnU-Net v2 model folder")
+    p.add_argument("-o", "--output", required=True, type=_nifti_path, metavar="MASK",
+                   help="output mask (uint8 0/1, input grid)")
+    p.add_argument("--soft", type=_nifti_path, metavar="PROBMAP",
+                   help="also write the probability map (float32 in [0, 1])")
+    p.add_argument("--cord", type=_nifti_path, metavar="CORDMASK",
+                   help="lesion_ms_mp2rage: also write the cord mask used for the crop")
+    p.add_argument("--tta", action="store_true",
+                   help="mirroring test-time augmentation (off by default, as in SCT)")
+    p.add_argument("--folds", nargs="+", type=_fold, metavar="K", help="folds to use (default: all)")
+    p.add_argument("--ensemble", choices=("logits", "probabilities"), default="logits",
+                   help="fold ensembling: mean of logits (nnU-Net, default) or of probabilities (SCT)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--demo", action="store_true", help="use the embedded demo models (phantoms only)")
+    p.add_argument("--models-dir", type=Path, metavar="DIR", help="where models are installed")
+    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def resolve_task(value: str) -> tuple[str, dict | None]:
+    """(task, models) for ``-t``: an existing folder is run as is (task ``nnunet``), else a task name
+    or SCT alias mapped by the model registry."""
+    path = Path(value)
+    if path.is_dir():
+        return "nnunet", {"nnunet": path}
+    if "/" in value or value.startswith("."):
+        raise _Missing(f"{value}: no such model folder")
+    from .errors import ModelError
+    from .models import canonical_task
+
+    try:
+        return canonical_task(value), None
+    except ModelError as exc:
+        raise _Usage(str(exc)) from exc
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    outputs = [p for p in (args.output, args.soft, args.cord) if p is not None]
+    if len({p.resolve() for p in outputs}) != len(outputs):
+        raise _Usage("output paths must differ")
+    if args.input.resolve() in {p.resolve() for p in outputs}:
+        raise _Usage("an output path equals the input image")
+
+
+class _Usage(Exception):
+    """A bad option value found after parsing (exit 64)."""
+
+
+class _Missing(Exception):
+    """A named input that does not exist (exit 66)."""
+
+
+def run(args: argparse.Namespace) -> int:
+    """Segment and write; raises our errors, returns 0."""
+    import torch
+
+    from . import pipelines
+    from .derivatives import atomic_save_nifti
+    from .imaging import load_image
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    task, models = resolve_task(args.task)
+    img = load_image(args.input)
+    result = pipelines.segment(img, task=task, models=models, device=args.device, tta=args.tta,
+                               folds=args.folds, ensemble=args.ensemble, models_dir=args.models_dir,
+                               demo=args.demo)
+    atomic_save_nifti(result.mask, args.output)
+    if args.soft is not None and result.probseg is not None:
+        atomic_save_nifti(result.probseg, args.soft)
+    if args.cord is not None and result.cord is not None:
+        atomic_save_nifti(result.cord, args.cord)
+    prov = result.provenance
+    log.info("%s: %d voxels in the mask (%s, %.1f s)", args.output, int(result.mask.dataobj[...].sum()),
+             prov.get("task"), prov.get("runtime_s", 0.0))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import ConfigError, CordlesionError, InputImageError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    prog = parser.prog
+    if not args.input.exists():
+        print(f"{prog}: error: {args.input}: no such file", file=sys.stderr)
+        return EX_NOINPUT
+    try:
+        _check_paths(args)
+        return run(args)
+    except _Missing as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EX_NOINPUT
+    except _Usage as exc:
+        parser.print_usage(sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EX_USAGE
+    except InputImageError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EX_DATAERR
+    except (ConfigError, ValueError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EX_USAGE if isinstance(exc, ConfigError) else EX_FAILURE
+    except CordlesionError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EX_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
