@@ -194,7 +194,8 @@ def test_one_changed_byte_fails_verify_and_locate(installed_ms, tmp_path, capsys
     assert f"{TRAINER}/fold_2/checkpoint_final.pth: sha256 differs" in msg
     assert f"python -m bidsapp.models install lesion_ms --models-dir {models_dir}" in msg
     assert main(["verify", "lesion_ms", "--models-dir", str(models_dir)]) == 1
-    assert "lesion_ms: FAILED" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "lesion_ms: FAILED" in err and f"install lesion_ms --models-dir {models_dir}" in err
     # The same change with the mtime put back: only a full verify can see it, and it does.
     st = (models_dir / "lesion_ms" / TRAINER / "plans.json").stat()
     os.utime(ckpt, ns=(st.st_atime_ns, json.loads((models_dir / "lesion_ms" / "source.json").read_text())

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import CordlesionError
 from .install import install
-from .locate import installed_root, locate
+from .locate import installed_root, locate, reinstall_hint
 from .registry import MODELS_DIR_ENV, default_models_dir, load_manifest, search_dirs
 from .verify import check_folder
 
@@ -100,8 +100,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             continue
         checked += 1
         try:
-            res = check_folder(root, full=True,
-                               reinstall_hint=f"python -m bidsapp.models install {model.name}")
+            res = check_folder(root, full=True, reinstall_hint=reinstall_hint(model, args.models_dir))
             print(f"{model.name}: OK ({len(res.sha256)} files re-hashed) {root}")
         except CordlesionError as exc:
             print(f"{model.name}: FAILED: {exc}", file=sys.stderr)

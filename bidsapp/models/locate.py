@@ -19,7 +19,8 @@ from ..errors import ModelError, NoModelsError
 from .registry import DEMO_DIR, Manifest, ModelSpec, TaskSpec, canonical_task, load_manifest, search_dirs
 from .verify import SOURCE_JSON, check_folder, hash_file
 
-__all__ = ["LocatedModel", "locate", "installed_root", "trainer_folders", "TRAINER_FOLDER_RE"]
+__all__ = ["LocatedModel", "locate", "installed_root", "trainer_folders", "reinstall_hint",
+           "TRAINER_FOLDER_RE"]
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ def installed_root(model: ModelSpec, models_dir: str | Path | None = None) -> Pa
     return None
 
 
-def _reinstall_hint(model: ModelSpec, models_dir: str | Path | None) -> str:
+def reinstall_hint(model: ModelSpec, models_dir: str | Path | None) -> str:
+    """The command that reinstalls ``model`` into the same models folder."""
     where = f" --models-dir {models_dir}" if models_dir is not None else ""
     return f"python -m bidsapp.models install {model.name}{where}"
 
@@ -96,7 +98,7 @@ def _locate_installed(task: TaskSpec, model: ModelSpec, models_dir: str | Path |
             f"`python -m bidsapp.models install {task.name}` where a network is available "
             f"(set CORDLESION_MODELS or --models-dir to choose the folder), or run with --demo "
             f"to use the small demo models")
-    check = check_folder(root, reinstall_hint=_reinstall_hint(model, models_dir))
+    check = check_folder(root, reinstall_hint=reinstall_hint(model, models_dir))
     located = _select(task, model, root, check.sha256, check.source)
     if not located.path.exists():
         raise ModelError(f"{located.path}: listed in {root / SOURCE_JSON} but missing")
