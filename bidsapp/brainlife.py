@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import re
 import shutil
 import sys
@@ -97,7 +98,7 @@ def read_config(path: str | Path) -> BrainlifeJob:
     images: dict[str, Path] = {}
     for key in INPUT_SUFFIXES:
         if config.get(key):
-            image = (path.parent / str(config[key])).absolute()
+            image = Path(os.path.abspath(path.parent / str(config[key])))  # '..' resolved, links kept
             if not image.is_file():
                 raise ConfigError(f"{path}: input {key!r} is {config[key]!r}, which is not a file")
             if not image.name.endswith((".nii", ".nii.gz")):
