@@ -3,6 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_out
+DEMO_SUBJECTS ?= 5
+DEMO_NPROCS ?= 2
 
 .PHONY: venv test lint demo clean
 
@@ -18,6 +20,23 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -ra
+
+# Phantom dataset -> participant level (demo models) -> group level; prints where everything is.
+demo: $(STAMP)
+	$(PY) -m bidsapp.demo $(DEMO_DIR)/bids --subjects $(DEMO_SUBJECTS) --seed 1
+	$(PY) run.py $(DEMO_DIR)/bids $(DEMO_DIR)/cordlesion participant --demo --nprocs $(DEMO_NPROCS) \
+		--omp-nthreads 1 -w $(DEMO_DIR)/work
+	@if $(PY) -c "import bidsapp.group" 2>/dev/null; then \
+		$(PY) run.py $(DEMO_DIR)/bids $(DEMO_DIR)/cordlesion group -w $(DEMO_DIR)/work; \
+	else echo "(group level not available in this version: skipped)"; fi
+	@echo ""
+	@echo "Input phantom dataset:  $(abspath $(DEMO_DIR))/bids (ground truth in derivatives/groundtruth)"
+	@echo "Lesion derivatives:     $(abspath $(DEMO_DIR))/cordlesion/sub-*/**/anat/*_label-lesion_*"
+	@echo "Per-image logs:         $(abspath $(DEMO_DIR))/cordlesion/logs/"
+	@if [ -f $(DEMO_DIR)/cordlesion/qc/index.html ]; then \
+		echo "QC index:               $(abspath $(DEMO_DIR))/cordlesion/qc/index.html"; fi
+	@if [ -f $(DEMO_DIR)/cordlesion/group/lesions.tsv ]; then \
+		echo "Lesion table:           $(abspath $(DEMO_DIR))/cordlesion/group/lesions.tsv"; fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

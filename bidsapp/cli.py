@@ -155,19 +155,46 @@ def _run(args: argparse.Namespace) -> int:
         raise _Exit("unknown_level", f"unknown analysis level {level!r}: use one of {', '.join(LEVELS)}")
     bids_dir, output_dir = _check_dirs(args.bids_dir, args.output_dir)
     if level == "group":
-        from .group import run_group
-
-        return run_group(output_dir)
+        return _group(output_dir, skip_validation=args.skip_bids_validator)
     settings = _settings(args, bids_dir, output_dir)
     work = Path(tempfile.mkdtemp(prefix="cordlesion-")) if settings.work_dir is None else settings.work_dir
+    saved = dict(os.environ)
     try:
         _prepare_environment(work, settings)
         return _participant(settings, work)
     finally:
+        # main() may run inside another program (tests, brainlife wrapper): leave its environment as found
+        os.environ.clear()
+        os.environ.update(saved)
         if settings.work_dir is None:
             import shutil
 
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _group(output_dir: Path, *, skip_validation: bool) -> int:
+    from .group import run_group
+
+    code = run_group(output_dir)
+    if not skip_validation:
+        _validate_output(output_dir)
+    return code
+
+
+def _validate_output(output_dir: Path) -> None:
+    """The group level checks the whole derivative dataset and warns (outputs are already written)."""
+    from .validation import ValidatorUnavailableError, validate
+
+    try:
+        report = validate(output_dir)
+    except ValidatorUnavailableError as exc:
+        log.warning("output not validated: %s", exc)
+        return
+    if report.n_errors:
+        log.warning("%s: bids-validator-deno found %d error(s) in the outputs:\n%s", output_dir,
+                    report.n_errors, report.summary())
+    else:
+        log.info("%s: bids-validator-deno 0 errors", output_dir)
 
 
 def _check_dirs(bids_dir: Path, output_dir: Path) -> tuple[Path, Path]:

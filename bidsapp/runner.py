@@ -20,22 +20,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__, derivatives
+from . import __version__, derivatives, pipelines
 from .errors import CordlesionError, InputImageError
 from .plan import Job
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Models each task loads (the cord model crops the image before the MP2RAGE lesion model).
-TASK_MODELS: dict[str, tuple[str, ...]] = {
-    "lesion_ms": ("lesion_ms",),
-    "lesion_ms_mp2rage": ("spinalcord", "lesion_ms_mp2rage"),
-    "spinalcord": ("spinalcord",),
-    "t2": ("spinalcord", "t2"),
-    "t2_ax": ("spinalcord", "t2_ax"),
-    "t2s": ("spinalcord", "t2s"),
-}
+# Models each task loads, from the pipelines' own table (the cord model crops before the MP2RAGE model).
+TASK_MODELS = pipelines.TASK_MODELS
 
 
 @dataclass(frozen=True)
@@ -173,7 +166,6 @@ def run_one(item: WorkItem, settings: Settings) -> JobResult:
 
 
 def _process(item: WorkItem, settings: Settings, start: float) -> None:
-    from . import pipelines
     from .imaging import load_image
     from .metrics import lesion_stats
 
