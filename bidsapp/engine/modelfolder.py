@@ -19,7 +19,7 @@ from numpy import dtypes as np_dtypes
 from numpy._core.multiarray import _reconstruct, scalar
 
 from ..errors import ModelError
-from .network import architecture
+from .network import resolve_architecture
 
 log = logging.getLogger(__name__)
 
@@ -191,4 +191,4 @@ def _check_config(path: Path, model: NnUNetModel) -> None:
     if len(config["normalization_schemes"]) != model.num_input_channels:
         raise ModelError(f"{path}: {len(config['normalization_schemes'])} normalization schemes for "
                          f"{model.num_input_channels} channels")
-    architecture(model.plans, model.configuration)  # raises ModelError on unknown formats
+    resolve_architecture(model.plans, model.configuration)  # ModelError on unknown formats / classes

@@ -79,15 +79,21 @@ def _architecture_from_old_plans(config: dict) -> dict:
     return {"network_class_name": name, "arch_kwargs": kwargs, "_kw_requires_import": list(_IMPORT_KEYS)}
 
 
+_TRUSTED_PREFIXES = ("dynamic_network_architectures.", "torch.nn.")
+
+
 def _short(name: Any, table: dict[str, type], what: str) -> type:
-    short = str(name).rsplit(".", 1)[-1]
-    if short not in table:
+    """The allow-listed class for a plans name: a bare name or one under dynamic_network_architectures
+    or torch.nn; anything else (another module, even with a known class name) is refused."""
+    text = str(name)
+    short = text.rsplit(".", 1)[-1]
+    if short not in table or ("." in text and not text.startswith(_TRUSTED_PREFIXES)):
         raise ModelError(f"plans.json: unsupported {what} {name!r} (supported: {', '.join(sorted(table))})")
     return table[short]
 
 
-def build_network(plans: dict, configuration: str, num_input_channels: int, num_classes: int) -> nn.Module:
-    """Instantiate the plans' network with deep supervision off, in eval mode, on the CPU."""
+def resolve_architecture(plans: dict, configuration: str) -> tuple[type[nn.Module], dict]:
+    """The network class and its keyword arguments (layer types resolved), deep supervision off."""
     arch = architecture(plans, configuration)
     cls = _short(arch.get("network_class_name"), NETWORKS, "network class")
     kwargs = dict(arch.get("arch_kwargs") or {})
@@ -95,6 +101,12 @@ def build_network(plans: dict, configuration: str, num_input_channels: int, num_
         if kwargs.get(key) is not None:
             kwargs[key] = _short(kwargs[key], LAYERS, key)
     kwargs["deep_supervision"] = False
+    return cls, kwargs
+
+
+def build_network(plans: dict, configuration: str, num_input_channels: int, num_classes: int) -> nn.Module:
+    """Instantiate the plans' network with deep supervision off, in eval mode, on the CPU."""
+    cls, kwargs = resolve_architecture(plans, configuration)
     try:
         net = cls(input_channels=num_input_channels, num_classes=num_classes, **kwargs)
     except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
