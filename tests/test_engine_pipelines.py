@@ -1,0 +1,107 @@
+"""pipelines.segment: outputs on the input grid, task classes, the MP2RAGE cord crop, provenance."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from engine_models import build_folder, make_image
+
+from bidsapp import pipelines
+from bidsapp.errors import ConfigError
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return build_folder(tmp_path_factory.mktemp("pl"), "PlainConvUNet", folds=(0, 1))
+
+
+def test_lesion_ms_outputs_and_provenance(folder):
+    img = make_image("las", seed=3)
+    res = pipelines.segment(img, task="lesion_ms", models={"lesion_ms": folder}, device="cpu")
+    probs = pipelines.get_predictor(folder, device="cpu").predict(img)
+    for out in (res.mask, res.probseg):
+        assert out.shape == img.shape
+        np.testing.assert_array_equal(out.affine, img.affine)
+        assert int(out.header["sform_code"]) == 2 and int(out.header["qform_code"]) == 1
+    mask = np.asanyarray(res.mask.dataobj)
+    assert mask.dtype == np.uint8
+    np.testing.assert_array_equal(mask, (probs.argmax(0) == 1).astype(np.uint8))
+    np.testing.assert_allclose(np.asanyarray(res.probseg.dataobj), probs[1], atol=1e-6)
+    assert res.cord is None
+    prov = res.provenance
+    assert prov["task"] == "lesion_ms" and prov["folds"] == {"lesion_ms": [0, 1]} and prov["tta"] is False
+    assert prov["ensemble"] == "logits" and prov["device"] == "cpu" and prov["runtime_s"] > 0
+    assert prov["models"]["lesion_ms"]["path"] == str(folder)
+
+
+def test_predictors_are_cached(folder):
+    a = pipelines.get_predictor(folder, device="cpu", folds=[0])
+    assert pipelines.get_predictor(str(folder), device="cpu", folds=(0,)) is a
+    assert pipelines.get_predictor(folder, device="cpu", folds=[0], tta=True) is not a
+
+
+def test_cord_crop_box_margins():
+    # PSR image: array axis 1 runs along S-I; 0.8 mm in-plane -> ceil(30 / 0.8) = 38 voxels
+    aff = np.array([[0, 0, 0.8, 0], [-0.8, 0, 0, 0], [0, 3.0, 0, 0], [0, 0, 0, 1]], float)
+    cord = np.zeros((120, 20, 110), bool)
+    cord[50:55, 8:12, 60:64] = True
+    box = pipelines.cord_crop_box(cord, aff)
+    assert box == (slice(12, 93), slice(3, 17), slice(22, 102))
+    assert pipelines.cord_crop_box(np.zeros_like(cord), aff) is None
+
+
+def test_mp2rage_crops_around_the_cord_and_puts_back(folder, monkeypatch):
+    img = make_image("ras", seed=5)
+    cord = np.zeros(img.shape, bool)
+    cord[18:22, 16:20, 5:7] = True  # short along S-I: the crop (5 slices margin) leaves slices 12-13 out
+    real = pipelines._run_nnunet
+    calls = []
+
+    def fake(image, task, located, settings):
+        calls.append((task, image.shape))
+        if task == "spinalcord":
+            return cord, cord.astype(np.float32)
+        return real(image, task, located, settings)
+
+    monkeypatch.setattr(pipelines, "_run_nnunet", fake)
+    res = pipelines.segment(img, task="lesion_ms_mp2rage", device="cpu",
+                            models={"spinalcord": folder, "lesion_ms_mp2rage": folder})
+    box = pipelines.cord_crop_box(cord, img.affine)
+    assert calls[0][0] == "spinalcord"
+    assert calls[1] == ("lesion_ms_mp2rage", tuple(s.stop - s.start for s in box))
+    sub = img.slicer[box]
+    expect = pipelines.get_predictor(folder, device="cpu").predict(sub)
+    mask, prob = np.asanyarray(res.mask.dataobj), np.asanyarray(res.probseg.dataobj)
+    np.testing.assert_array_equal(mask[box], (expect.argmax(0) == 1).astype(np.uint8))
+    np.testing.assert_allclose(prob[box], expect[1], atol=1e-6)
+    outside = np.ones(img.shape, bool)
+    outside[box] = False
+    assert outside.any() and not mask[outside].any() and not prob[outside].any()
+    np.testing.assert_array_equal(np.asanyarray(res.cord.dataobj), cord.astype(np.uint8))
+    np.testing.assert_array_equal(res.cord.affine, img.affine)
+    assert res.provenance["crop"]["box_voxels"] == [[s.start, s.stop] for s in box]
+    assert set(res.provenance["models"]) == {"spinalcord", "lesion_ms_mp2rage"}
+
+
+def test_bad_requests():
+    img = make_image("ras")
+    with pytest.raises(ConfigError, match="unknown task"):
+        pipelines.segment(img, task="lesion", models={})
+    with pytest.raises(ConfigError, match="needs the crop"):
+        pipelines.segment(img, task="lesion_ms_mp2rage", models={}, crop=False)
+
+
+def test_class_index():
+    assert pipelines.class_index({"background": 0, "lesion": 1}, "lesion_ms") == 1
+    assert pipelines.class_index({"background": 0, "sc": 1, "lesion": 2}, "spinalcord") == 1
+    assert pipelines.class_index({"background": 0, "sc": 1, "lesion": 2}, "lesion_ms") == 2
+    with pytest.raises(ConfigError):
+        pipelines.class_index({"background": 0, "a": 1, "b": 2}, "lesion_ms")
