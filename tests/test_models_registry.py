@@ -115,3 +115,41 @@ def test_cli_usage_errors_exit_2(tmp_path):
         main(["install", "--models-dir", str(tmp_path)])
     assert e.value.code == 2
     assert main(["install", "lesion_ms", "spinalcord", "--from", str(tmp_path)]) == 2
+
+
+def _trainer(base: Path, name: str = "nnUNetTrainer__nnUNetPlans__3d_fullres") -> Path:
+    folder = base / name
+    (folder / "fold_0").mkdir(parents=True)
+    (folder / "plans.json").write_text("{}")
+    (folder / "dataset.json").write_text("{}")
+    (folder / "fold_0" / "checkpoint_final.pth").write_bytes(b"weights")
+    return folder
+
+
+def test_locate_demo_models(tmp_path, monkeypatch):
+    from bidsapp.models import lookup
+
+    monkeypatch.setattr(lookup, "DEMO_DIR", tmp_path)
+    folder = _trainer(tmp_path / "lesion_ms")
+    (tmp_path / "lesion_ms" / "demo_training.json").write_text("{}")  # beside the folder: ignored
+    loc = models.locate("seg_ms_lesion", demo=True, models_dir=tmp_path / "nothing-installed")
+    assert (loc.task, loc.path, loc.release, loc.demo) == ("lesion_ms", folder, "demo", True)
+    assert loc.sha256 == {"plans.json": _sha(b"{}"), "dataset.json": _sha(b"{}"),
+                          "fold_0/checkpoint_final.pth": _sha(b"weights")}
+    (tmp_path / "legacy").mkdir()
+    (tmp_path / "legacy" / "t2s_lesion.onnx").write_bytes(b"onnx")
+    loc = models.locate("t2s", demo=True)
+    assert loc.path == tmp_path / "legacy" / "t2s_lesion.onnx"
+    assert loc.sha256 == {"t2s_lesion.onnx": _sha(b"onnx")}
+    with pytest.raises(ModelError, match="t2_lesion.onnx: demo model for task 't2' is missing"):
+        models.locate("t2", demo=True)
+    _trainer(tmp_path / "lesion_ms", "nnUNetTrainer__otherPlans__3d_fullres")
+    with pytest.raises(ModelError, match="expected one demo trainer folder for task 'lesion_ms', found 2"):
+        models.locate("lesion_ms", demo=True)
+    with pytest.raises(ModelError, match="found 0"):
+        models.locate("spinalcord", demo=True)
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+    return hashlib.sha256(data).hexdigest()

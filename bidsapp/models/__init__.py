@@ -4,7 +4,7 @@
 the installed files against ``source.json`` on every call (sizes and mtimes; re-hashing only what
 changed). The command line is ``python -m bidsapp.models list|install|verify|path``.
 """
-from .locate import LocatedModel, locate
+from .lookup import LocatedModel, locate
 from .registry import (
     Manifest,
     ModelSpec,

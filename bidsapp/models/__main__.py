@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import CordlesionError
 from .install import install
-from .locate import installed_root, locate, reinstall_hint
+from .lookup import installed_root, locate, reinstall_hint
 from .registry import MODELS_DIR_ENV, default_models_dir, load_manifest, search_dirs
 from .verify import check_folder
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import ModelError
 from .archive import Fetched, copy_tree, download, safe_extract
-from .locate import TRAINER_FOLDER_RE
+from .lookup import TRAINER_FOLDER_RE
 from .registry import Manifest, ModelSpec, default_models_dir, load_manifest
 from .verify import SOURCE_JSON, hash_file, record_files
 
