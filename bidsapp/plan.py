@@ -20,6 +20,7 @@ import jsonschema
 
 from .derivatives import log_name, output_names
 from .errors import ConfigError
+from .models import canonical_task
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,6 @@ DEFAULT_RULES: tuple[dict[str, Any], ...] = (
 # Short BIDS keys accepted in configs and filters, mapped to pybids entity names.
 SHORT_KEYS = {"sub": "subject", "ses": "session", "acq": "acquisition", "ce": "ceagent",
               "rec": "reconstruction", "dir": "direction", "trc": "tracer"}
-_TASK_ALIASES = {"seg_ms_lesion": "lesion_ms", "seg_ms_lesion_mp2rage": "lesion_ms_mp2rage",
-                 "seg_sc_contrast_agnostic": "spinalcord"}
 _NII = (".nii", ".nii.gz")
 
 
@@ -117,7 +116,7 @@ def default_rules() -> list[dict[str, Any]]:
 
 def _normalise_rule(rule: Mapping[str, Any]) -> dict[str, Any]:
     match = {SHORT_KEYS.get(k, k): v for k, v in rule["match"].items()}
-    tasks = [_TASK_ALIASES.get(t, t) for t in rule["tasks"]]
+    tasks = [canonical_task(t) for t in rule["tasks"]]  # SCT 6.x aliases, from the model registry
     return {"match": match, "tasks": list(dict.fromkeys(tasks))}
 
 
@@ -141,12 +140,20 @@ def strip_prefix(labels: Iterable[str] | None, prefix: str) -> list[str] | None:
 
 
 # ------------------------------------------------------------------------------------------- indexing
-def ignore_patterns(participants: Sequence[str] | None, sessions: Sequence[str] | None) -> list[Any]:
-    """pybids ignore list (paths are matched as ``/sub-01/...`` relative to the root)."""
+def ignore_patterns(participants: Sequence[str] | None, sessions: Sequence[str] | None,
+                    suffixes: Iterable[str] | None = None) -> list[Any]:
+    """pybids ignore list (paths are matched as ``/sub-01/...`` relative to the root).
+
+    With ``suffixes``, every anat file that is not a NIfTI of those suffixes (sidecars, other contrasts)
+    is ignored too: indexing a file costs far more than matching its name (most of pybids' time).
+    """
     patterns: list[Any] = ["code", "sourcedata", "derivatives", "stimuli", "phenotype",
                            re.compile(r"/\."),  # dotfiles and dot-folders (.git, .datalad, temp files)
                            re.compile(r"^/sub-[^/]+/(ses-[^/]+/)?(?!anat(/|$)|ses-)[^/_]+(/|$)"),  # not anat
                            re.compile(r"^/(?!sub-)[^/]+(/|$)")]  # top-level non-subject entries
+    if suffixes:
+        alts = "|".join(re.escape(s) for s in suffixes)
+        patterns.append(re.compile(rf"^/sub-[^/]+/(ses-[^/]+/)?anat/(?![^/]*_({alts})\.nii(\.gz)?$)[^/]+$"))
     if participants:
         alts = "|".join(re.escape(p) for p in participants)
         patterns.append(re.compile(rf"^/sub-(?!({alts})(/|$))"))
@@ -169,13 +176,14 @@ def index(bids_dir: str | Path, *, participants: Sequence[str] | None = None,
     from bids.layout import BIDSLayout, BIDSLayoutIndexer  # heavy import: only when indexing
 
     bids_dir = Path(bids_dir).absolute()
+    suffixes = list(dict.fromkeys(suffixes))
     indexer = BIDSLayoutIndexer(validate=False, index_metadata=False,
-                                ignore=ignore_patterns(participants, sessions))
+                                ignore=ignore_patterns(participants, sessions, suffixes))
     layout = BIDSLayout(bids_dir, validate=False, derivatives=False, indexer=indexer,
                         database_path=str(database_dir) if database_dir else None)
     filters = filters or {"*": {}}
     images: dict[str, SourceImage] = {}
-    for suffix in dict.fromkeys(suffixes):
+    for suffix in suffixes:
         query = _query(filters, suffix, participants, sessions)
         for bids_file in layout.get(return_type="object", datatype="anat", suffix=suffix, **query):
             image = _to_source(bids_file, bids_dir)
