@@ -29,6 +29,6 @@ array_id=$(sbatch --parsable ${extra[@]+"${extra[@]}"} --array="1-$n%${CORDLESIO
     "$here/cordlesion_array.sbatch" "$bids_dir" "$out_dir" "$@")
 array_id=${array_id%%;*}
 group_id=$(sbatch --parsable ${extra[@]+"${extra[@]}"} --dependency="afterok:$array_id" \
-    "$here/cordlesion_group.sbatch" "$out_dir")
+    "$here/cordlesion_group.sbatch" "$bids_dir" "$out_dir")
 group_id=${group_id%%;*}
 echo "cordlesion: $n participant tasks in array job $array_id; group job $group_id runs after all succeed"
