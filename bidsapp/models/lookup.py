@@ -25,7 +25,8 @@ __all__ = ["LocatedModel", "locate", "installed_root", "trainer_folders", "reins
 log = logging.getLogger(__name__)
 
 # nnU-Net's "<Trainer>__<Plans>__<configuration>": plain names only (they are never imported).
-TRAINER_FOLDER_RE = r"^[A-Za-z0-9_.-]+__[A-Za-z0-9_.-]+__[A-Za-z0-9_.-]+$"
+_PART = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+TRAINER_FOLDER_RE = rf"^{_PART}__{_PART}__{_PART}$"
 
 
 @dataclass(frozen=True)
