@@ -1,0 +1,163 @@
+"""Group level: ``run.py bids_dir output_dir group`` reads ONLY output_dir.
+
+From the per-image QC records the participant level wrote (``sub-*/figures/*_qc.json``, one file per
+job, so parallel jobs never share a file), it writes ``group/lesions.tsv`` with its data dictionary
+``group/lesions.json`` and the QC page ``qc/index.html``. A record that cannot be read is listed as a
+failed image with the reason, never silently dropped.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from .derivatives import atomic_write_bytes, atomic_write_json
+from .errors import OutputError
+from .qc.index import Entry, write_index
+from .qc.record import parse_entities, record_validator
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_NO_INPUT, EXIT_CANT_CREATE = 0, 66, 73
+RECORD_GLOB = "sub-*/figures/*_qc.json"
+TABLE_PATH, DICTIONARY_PATH = "group/lesions.tsv", "group/lesions.json"
+
+COLUMNS = ("participant_id", "session_id", "acquisition", "run", "contrast", "task", "lesion_count",
+           "total_lesion_volume_mm3", "largest_lesion_mm3", "status", "model_release", "demo_model",
+           "source", "error")
+
+DATA_DICTIONARY: dict[str, dict[str, Any]] = {
+    "participant_id": {"Description": "Participant label with the sub- prefix."},
+    "session_id": {"Description": "Session label with the ses- prefix; n/a without sessions."},
+    "acquisition": {"Description": "acq- entity of the source image (without prefix); n/a when absent."},
+    "run": {"Description": "run- entity of the source image, spelled as in the file name; n/a when absent."},
+    "contrast": {"Description": "BIDS suffix of the source image (T2w, T2starw, T2star, UNIT1, ...)."},
+    "task": {"Description": "Segmentation task run on the image (cordlesion task name).",
+             "Levels": {"lesion_ms": "SCT lesion_ms model",
+                        "lesion_ms_mp2rage": "SCT lesion_ms_mp2rage model",
+                        "spinalcord": "SCT contrast-agnostic cord model",
+                        "t2": "legacy SCT t2 lesion model", "t2_ax": "legacy SCT t2_ax lesion model",
+                        "t2s": "legacy SCT t2s lesion model"}},
+    "lesion_count": {"Description": "Number of lesions: 26-connected components of the lesion mask; "
+                                    "n/a when the image failed."},
+    "total_lesion_volume_mm3": {"Description": "Sum of lesion voxel volumes (voxel count x voxel volume from "
+                                               "the header zooms).", "Units": "mm^3"},
+    "largest_lesion_mm3": {"Description": "Volume of the largest lesion; 0 when there is none.",
+                           "Units": "mm^3"},
+    "status": {"Description": "Outcome of the participant-level job.",
+               "Levels": {"ok": "segmented", "failed": "not segmented: see error"}},
+    "model_release": {"Description": "Release of the model that segmented the image."},
+    "demo_model": {"Description": "Whether an embedded DEMO model (phantom-trained, not for real data) "
+                                  "was used.",
+                   "Levels": {"true": "demo model", "false": "official model"}},
+    "source": {"Description": "Source image, relative to the BIDS dataset root."},
+    "error": {"Description": "Why the image failed (one line); n/a when it did not."},
+}
+
+_QC_NAME = re.compile(r"^(?P<stem>.+)_desc-[A-Za-z0-9]+_qc\.json$")
+
+
+def _unreadable(path: str, reason: str) -> Entry:
+    """A failed entry standing in for a record that cannot be used, so it is listed, not lost."""
+    match = _QC_NAME.match(Path(path).name)
+    entities = parse_entities((match.group("stem") if match else Path(path).stem) + ".nii.gz")
+    entities.setdefault("sub", Path(path).parts[0].removeprefix("sub-"))
+    return Entry(path=path, record={"source": path, "entities": entities, "task": None, "status": "failed",
+                                    "error": f"{path}: unusable QC record ({reason})", "lesions": None,
+                                    "figures": {}, "model": {}})
+
+
+def _load(output_dir: Path, path: Path) -> Entry:
+    rel = path.relative_to(output_dir).as_posix()
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return _unreadable(rel, f"cannot read JSON: {exc}")
+    try:
+        record_validator().validate(record)
+    except jsonschema.ValidationError as exc:
+        return _unreadable(rel, f"not a cordlesion QC record: {exc.message}")
+    return Entry(path=rel, record=record)
+
+
+def _sort_key(entry: Entry) -> tuple:
+    ent = entry.record.get("entities", {})
+    return tuple(str(ent.get(k) or "") for k in ("sub", "ses", "acq", "run", "suffix")) + \
+        (str(entry.record.get("task") or ""), entry.path)
+
+
+def collect_records(output_dir: str | Path) -> list[Entry]:
+    """Every per-image QC record under output_dir, sorted by subject, session, acq, run, contrast, task."""
+    root = Path(output_dir)
+    found = (p for p in root.glob(RECORD_GLOB) if not p.name.startswith("."))  # "." = temp of a live writer
+    return sorted((_load(root, p) for p in found), key=_sort_key)
+
+
+def table_row(entry: Entry) -> dict[str, Any]:
+    """One lesions.tsv row (None = n/a)."""
+    rec, ent = entry.record, entry.record.get("entities", {})
+    les = rec.get("lesions") or {}
+    model = rec.get("model") or {}
+    return {
+        "participant_id": f"sub-{ent['sub']}" if ent.get("sub") else None,
+        "session_id": f"ses-{ent['ses']}" if ent.get("ses") else None,
+        "acquisition": ent.get("acq"), "run": ent.get("run"), "contrast": ent.get("suffix"),
+        "task": rec.get("task"), "lesion_count": les.get("count"),
+        "total_lesion_volume_mm3": les.get("total_mm3"), "largest_lesion_mm3": les.get("largest_mm3"),
+        "status": rec.get("status"), "model_release": model.get("release"),
+        "demo_model": None if "demo" not in model else bool(model["demo"]),
+        "source": rec.get("source"), "error": rec.get("error"),
+    }
+
+
+def _tsv_value(value: Any) -> str:
+    if value is None or value == "":
+        return "n/a"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    # A tab or newline inside a value would shift or split the row.
+    return re.sub(r"[\t\r\n]+", " ", str(value))
+
+
+def lesion_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The TSV text: header then one line per image, ``n/a`` for missing values (BIDS convention)."""
+    lines = ["\t".join(COLUMNS)] + ["\t".join(_tsv_value(row.get(c)) for c in COLUMNS) for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _study_name(output_dir: Path) -> str:
+    try:
+        name = json.loads((output_dir / "dataset_description.json").read_text(encoding="utf-8")).get("Name")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    return str(name) if name else output_dir.resolve().name
+
+
+def run_group(output_dir: str | Path) -> int:
+    """Build ``group/lesions.tsv`` + ``lesions.json`` and ``qc/index.html`` from output_dir; exit code."""
+    root = Path(output_dir)
+    entries = collect_records(root)
+    if not entries:
+        log.error("%s: no QC records (%s): run the participant level into this folder first",
+                  root, RECORD_GLOB)
+        return EXIT_NO_INPUT
+    try:
+        atomic_write_bytes(root / TABLE_PATH, lesion_table([table_row(e) for e in entries]).encode("utf-8"))
+        atomic_write_json(root / DICTIONARY_PATH, DATA_DICTIONARY)
+        index = write_index(root, entries, study=_study_name(root))
+    except OutputError as exc:
+        log.error("%s", exc)
+        return EXIT_CANT_CREATE
+    failed = sum(e.record.get("status") != "ok" for e in entries)
+    if failed:
+        log.warning("%d of %d images failed at the participant level: listed in %s and %s",
+                    failed, len(entries), TABLE_PATH, index.relative_to(root).as_posix())
+    log.info("group level: %d images -> %s, %s", len(entries), root / TABLE_PATH, index)
+    return EXIT_OK

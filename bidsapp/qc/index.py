@@ -1,0 +1,96 @@
+"""The group QC page: ONE static ``qc/index.html`` that works from the file system.
+
+No server, no CDN, no fetch(): browsers refuse fetch() of file:// URLs, so the data are embedded as a
+JSON script block (Jinja's ``tojson`` escapes ``<``, ``>``, ``&`` and ``'``, so a ``</script>`` in a
+label cannot end the block), CSS and JS are inlined, and a Content-Security-Policy with a per-build
+nonce stops any injected script from running. Every dataset string reaches the DOM through
+``textContent``; links are relative (``../sub-01/figures/...``), so the folder can be moved or zipped.
+"""
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import jinja2
+from markupsafe import Markup
+
+from .. import __version__
+from ..derivatives import atomic_write_bytes
+
+PAGE_SIZE = 50          # table rows per page: the DOM and the thumbnails stay small with 10^4 images
+INDEX_PATH = "qc/index.html"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One QC record and where it was found (relative to output_dir)."""
+
+    path: str
+    record: Mapping[str, Any]
+
+
+def _url(relpath: str) -> str:
+    """Link from ``qc/index.html`` to a file of output_dir, percent-encoded per path segment."""
+    return "../" + quote(relpath, safe="/")
+
+
+def _figures(output_dir: Path, figures: Mapping[str, str]) -> dict[str, str]:
+    # A picture listed but missing (deleted, copied without figures/) is left out: the page says so.
+    return {view: _url(rel) for view, rel in figures.items() if (output_dir / rel).is_file()}
+
+
+def page_row(output_dir: Path, entry: Entry) -> dict[str, Any]:
+    """What the page needs of one record (short keys keep 10^4 rows small)."""
+    rec = entry.record
+    ent = rec.get("entities", {})
+    les = rec.get("lesions") or {}
+    model = rec.get("model") or {}
+    return {
+        "rec": entry.path, "src": rec.get("source", entry.path),
+        "sub": ent.get("sub"), "ses": ent.get("ses"), "acq": ent.get("acq"), "run": ent.get("run"),
+        "con": ent.get("suffix"), "task": rec.get("task"),
+        "n": les.get("count"), "tot": les.get("total_mm3"), "max": les.get("largest_mm3"),
+        "vols": les.get("volumes_mm3", []),
+        "st": rec.get("status", "failed"), "err": rec.get("error") or rec.get("qc_error"),
+        "rel": model.get("release"), "demo": bool(model.get("demo", False)), "rt": rec.get("runtime_s"),
+        "fig": _figures(output_dir, rec.get("figures") or {}),
+    }
+
+
+def _asset(name: str) -> str:
+    return resources.files("bidsapp.qc.templates").joinpath(name).read_text(encoding="utf-8")
+
+
+def _environment() -> jinja2.Environment:
+    # autoescape on for every template: dataset strings in the HTML become text, never markup.
+    return jinja2.Environment(loader=jinja2.FunctionLoader(_asset), autoescape=True,
+                              undefined=jinja2.StrictUndefined)
+
+
+def render_index(output_dir: Path, entries: Sequence[Entry], *, study: str) -> str:
+    """The HTML of the QC page for these records."""
+    rows = [page_row(Path(output_dir), e) for e in entries]
+    n_subjects = len({r["sub"] for r in rows})
+    n_failed = sum(r["st"] == "failed" for r in rows)
+    data = {"study": study, "page_size": PAGE_SIZE, "n_subjects": n_subjects, "n_failed": n_failed,
+            "rows": rows}
+    js, css = _asset("index.js"), _asset("index.css")
+    if "</" in js or "</" in css:  # our own files: a closing tag would end the inline block
+        raise ValueError("index.js / index.css must not contain '</'")
+    return _environment().get_template("index.html.j2").render(
+        study=study, data=data, js=Markup(js), css=Markup(css), nonce=secrets.token_urlsafe(18),
+        n_images=len(rows), n_subjects=n_subjects, n_failed=n_failed, version=__version__,
+        built=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+
+
+def write_index(output_dir: str | Path, entries: Sequence[Entry], *, study: str) -> Path:
+    """Write ``output_dir/qc/index.html`` atomically; returns its path."""
+    path = Path(output_dir) / INDEX_PATH
+    atomic_write_bytes(path, render_index(Path(output_dir), entries, study=study).encode("utf-8"))
+    return path

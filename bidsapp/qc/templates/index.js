@@ -1,0 +1,421 @@
+// cordlesion group QC page. No network, no library: the data are embedded in #qc-data (browsers block
+// fetch() of file:// URLs). Dataset strings only ever reach the page through textContent / attributes.
+"use strict";
+(function () {
+  const DATA = JSON.parse(document.getElementById("qc-data").textContent);
+  const ROWS = DATA.rows;
+  const PAGE_SIZE = DATA.page_size;
+  const RATINGS = {p: "pass", f: "fail", a: "artifact"};
+  const STORE_KEY = "cordlesion-qc:" + DATA.study;
+  const COLUMNS = [
+    ["thumb", ""], ["sub", "Subject"], ["ses", "Session"], ["acq", "Acq"], ["run", "Run"], ["con", "Contrast"],
+    ["task", "Task"], ["n", "Lesions"], ["tot", "Total mm\u00b3"], ["max", "Largest mm\u00b3"],
+    ["st", "Status"], ["rating", "Rating"], ["err", "Error"],
+  ];
+  const NUMERIC = new Set(["n", "tot", "max"]);
+  const $ = (id) => document.getElementById(id);
+
+  let storageOk = true;
+  let ratings = loadRatings();
+  let view = [];             // indices into ROWS after filter + sort
+  let page = 0;
+  let cursor = 0;            // position in view of the selected row
+  let sortKey = "sub";
+  let sortDir = 1;
+  let detailOpen = false;
+
+  // ------------------------------------------------------------------------------------------ storage
+  function loadRatings() {
+    try {
+      const raw = window.localStorage.getItem(STORE_KEY);
+      return raw ? JSON.parse(raw) : {};
+    } catch (e) {
+      storageOk = false;
+      return {};
+    }
+  }
+
+  function saveRatings() {
+    if (!storageOk) return;
+    try {
+      window.localStorage.setItem(STORE_KEY, JSON.stringify(ratings));
+    } catch (e) {
+      storageOk = false;
+      $("storage-warning").hidden = false;
+    }
+  }
+
+  const ratingOf = (row) => ratings[row.rec] || "";
+
+  // ---------------------------------------------------------------------------------- filter + sort
+  function fillSelect(id, key) {
+    const select = $(id);
+    const values = Array.from(new Set(ROWS.map((r) => (r[key] === null ? "n/a" : String(r[key]))))).sort();
+    const options = [["", "all"]].concat(values.map((v) => [v, v]));
+    if (key === "rating") options.splice(1, options.length - 1, ["none", "unrated"], ["pass", "pass"],
+                                         ["fail", "fail"], ["artifact", "artifact"]);
+    for (const [value, label] of options) {
+      const opt = document.createElement("option");
+      opt.value = value;
+      opt.textContent = label;
+      select.appendChild(opt);
+    }
+  }
+
+  function matches(row, f) {
+    if (f.sub && !String(row.sub).toLowerCase().includes(f.sub)) return false;
+    for (const [key, want] of [["ses", f.ses], ["con", f.con], ["task", f.task], ["st", f.st]]) {
+      if (want && (row[key] === null ? "n/a" : String(row[key])) !== want) return false;
+    }
+    if (f.rating && (ratingOf(row) || "none") !== f.rating) return false;
+    if (f.nmin !== null && !(row.n !== null && row.n >= f.nmin)) return false;
+    if (f.nmax !== null && !(row.n !== null && row.n <= f.nmax)) return false;
+    return true;
+  }
+
+  function readFilters() {
+    const num = (id) => ($(id).value === "" ? null : Number($(id).value));
+    return {sub: $("f-sub").value.trim().toLowerCase(), ses: $("f-ses").value, con: $("f-con").value,
+            task: $("f-task").value, st: $("f-st").value, rating: $("f-rating").value,
+            nmin: num("f-nmin"), nmax: num("f-nmax")};
+  }
+
+  function compare(a, b) {
+    const va = sortKey === "rating" ? ratingOf(ROWS[a]) : ROWS[a][sortKey];
+    const vb = sortKey === "rating" ? ratingOf(ROWS[b]) : ROWS[b][sortKey];
+    const missingA = va === null || va === "", missingB = vb === null || vb === "";
+    if (missingA || missingB) return missingA === missingB ? a - b : (missingA ? 1 : -1);  // n/a last
+    const order = NUMERIC.has(sortKey) ? va - vb
+      : String(va).localeCompare(String(vb), undefined, {numeric: true});
+    return order === 0 ? a - b : order * sortDir;
+  }
+
+  function refresh(keepRow) {
+    const f = readFilters();
+    view = ROWS.map((_, i) => i).filter((i) => matches(ROWS[i], f));
+    view.sort(compare);
+    const at = keepRow === undefined ? -1 : view.indexOf(keepRow);
+    cursor = at >= 0 ? at : 0;
+    page = Math.floor(cursor / PAGE_SIZE);
+    renderTable();
+  }
+
+  // ---------------------------------------------------------------------------------------- table
+  function renderHead() {
+    const head = $("head");
+    head.replaceChildren();
+    for (const [key, label] of COLUMNS) {
+      const th = document.createElement("th");
+      th.textContent = label + (key === sortKey ? (sortDir > 0 ? " \u25b2" : " \u25bc") : "");
+      if (key !== "thumb") {
+        th.className = "sortable";
+        th.addEventListener("click", () => {
+          sortDir = key === sortKey ? -sortDir : 1;
+          sortKey = key;
+          renderHead();
+          refresh(view[cursor]);
+        });
+      }
+      head.appendChild(th);
+    }
+  }
+
+  const fmt = (v) => (v === null || v === undefined ? "n/a" : (typeof v === "number" ? String(+v.toFixed(1)) : v));
+
+  function cell(tr, text, cls) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (cls) td.className = cls;
+    tr.appendChild(td);
+    return td;
+  }
+
+  function thumbCell(tr, row) {
+    const td = document.createElement("td");
+    td.className = "thumb";
+    if (row.fig.thumb) {
+      const img = document.createElement("img");
+      img.loading = "lazy";
+      img.decoding = "async";
+      img.width = 72;
+      img.height = 72;
+      img.alt = "";
+      img.src = row.fig.thumb;      // only rows of the visible page get an <img>: images on demand
+      td.appendChild(img);
+    } else {
+      td.textContent = "\u2014";
+    }
+    tr.appendChild(td);
+  }
+
+  function renderRow(i, pos) {
+    const row = ROWS[i];
+    const tr = document.createElement("tr");
+    tr.dataset.pos = String(pos);
+    if (pos === cursor) tr.className = "selected";
+    thumbCell(tr, row);
+    for (const key of ["sub", "ses", "acq", "run", "con", "task"]) cell(tr, fmt(row[key]));
+    for (const key of ["n", "tot", "max"]) cell(tr, fmt(row[key]), "num");
+    cell(tr, row.st, "status-" + row.st);
+    const rating = ratingOf(row);
+    cell(tr, rating || "\u00b7", "rating rating-" + (rating || "none"));
+    const err = document.createElement("div");    // a div: table cells ignore max-width
+    err.textContent = row.err || "";
+    if (row.err) err.title = row.err;
+    cell(tr, "", "err").appendChild(err);
+    tr.addEventListener("click", () => { select(pos); openDetail(); });
+    return tr;
+  }
+
+  function renderTable() {
+    const start = page * PAGE_SIZE;
+    const body = $("rows");
+    body.replaceChildren(...view.slice(start, start + PAGE_SIZE).map((i, k) => renderRow(i, start + k)));
+    const pages = Math.max(1, Math.ceil(view.length / PAGE_SIZE));
+    $("page-info").textContent = `page ${page + 1} of ${pages} \u00b7 ${view.length} of ${ROWS.length} images`;
+    $("prev").disabled = page === 0;
+    $("next").disabled = page >= pages - 1;
+  }
+
+  function select(pos) {
+    if (!view.length) return;
+    cursor = Math.max(0, Math.min(view.length - 1, pos));
+    const wanted = Math.floor(cursor / PAGE_SIZE);
+    if (wanted !== page) {
+      page = wanted;
+      renderTable();
+    } else {
+      for (const tr of $("rows").children) tr.classList.toggle("selected", Number(tr.dataset.pos) === cursor);
+    }
+    const tr = $("rows").querySelector("tr.selected");
+    if (tr) tr.scrollIntoView({block: "nearest"});
+    if (detailOpen) showDetail();
+  }
+
+  function gotoPage(delta) {
+    const pages = Math.max(1, Math.ceil(view.length / PAGE_SIZE));
+    const next = Math.max(0, Math.min(pages - 1, page + delta));
+    if (next !== page) select(next * PAGE_SIZE);
+  }
+
+  // --------------------------------------------------------------------------------------- detail
+  function title(row) {
+    return row.src + " \u00b7 " + row.task;
+  }
+
+  function showDetail() {
+    const row = ROWS[view[cursor]];
+    if (!row) return;
+    $("d-title").textContent = title(row);
+    const rating = ratingOf(row);
+    const vols = row.vols && row.vols.length ? row.vols.map((v) => +v.toFixed(1)).join(", ") : "none";
+    $("d-info").textContent = `${cursor + 1} of ${view.length} \u00b7 status ${row.st} \u00b7 ` +
+      `${fmt(row.n)} lesion(s), total ${fmt(row.tot)} mm\u00b3 (each: ${vols}) \u00b7 model ` +
+      `${row.rel === null ? "n/a" : row.rel}${row.demo ? " (DEMO)" : ""} \u00b7 ${fmt(row.rt)} s` +
+      ` \u00b7 rating: ${rating || "none"}`;
+    $("d-error").hidden = !row.err;
+    $("d-error").textContent = row.err || "";
+    for (const button of document.querySelectorAll("[data-rate]")) {
+      button.classList.toggle("active", button.dataset.rate === rating);
+    }
+    const overlay = $("d-overlay").checked;
+    setImage("d-axial", row.fig[overlay ? "axialoverlay" : "axial"]);
+    setImage("d-sagittal", row.fig[overlay ? "sagittaloverlay" : "sagittal"]);
+  }
+
+  function setImage(id, url) {
+    const img = $(id);
+    img.hidden = !url;
+    if (url) { if (img.getAttribute("src") !== url) img.src = url; } else img.removeAttribute("src");
+  }
+
+  function openDetail() {
+    if (!view.length) return;
+    detailOpen = true;
+    $("detail").hidden = false;
+    showDetail();
+  }
+
+  function closeDetail() {
+    detailOpen = false;
+    $("detail").hidden = true;
+  }
+
+  // ---------------------------------------------------------------------------------------- rating
+  function rate(value) {
+    const row = ROWS[view[cursor]];
+    if (!row) return;
+    if (value) ratings[row.rec] = value; else delete ratings[row.rec];
+    saveRatings();
+    const tr = $("rows").querySelector("tr.selected");
+    if (tr) {
+      const td = tr.querySelector("td.rating");
+      td.textContent = value || "\u00b7";
+      td.className = "rating rating-" + (value || "none");
+    }
+    if (detailOpen) showDetail();
+    updateSummary();
+  }
+
+  function updateSummary() {
+    const counts = {pass: 0, fail: 0, artifact: 0};
+    for (const row of ROWS) { const r = ratingOf(row); if (r) counts[r] += 1; }
+    $("summary").textContent = `${ROWS.length} images of ${DATA.n_subjects} subjects, ${DATA.n_failed} failed. ` +
+      `Rated: ${counts.pass} pass, ${counts.fail} fail, ${counts.artifact} artifact, ` +
+      `${ROWS.length - counts.pass - counts.fail - counts.artifact} unrated.`;
+  }
+
+  // ---------------------------------------------------------------------------------------- export
+  function download(name, text, type) {
+    const url = URL.createObjectURL(new Blob([text], {type: type}));
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = name;
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
+  }
+
+  const tsvField = (v) => (v === null || v === undefined || v === "" ? "n/a" : String(v).replace(/[\t\r\n]+/g, " "));
+  const prefixed = (prefix, v) => (v === null ? null : prefix + v);
+
+  function ratingsTsv() {
+    const head = ["participant_id", "session_id", "acquisition", "run", "contrast", "task", "source", "status",
+                  "lesion_count", "rating"];
+    const lines = [head.join("\t")];
+    for (const row of ROWS) {
+      lines.push([prefixed("sub-", row.sub), prefixed("ses-", row.ses), row.acq, row.run, row.con, row.task,
+                  row.src, row.st, row.n, ratingOf(row)].map(tsvField).join("\t"));
+    }
+    return lines.join("\n") + "\n";
+  }
+
+  const yamlString = (v) => JSON.stringify(String(v));   // a JSON string is a valid YAML double-quoted scalar
+
+  function failYaml() {
+    const failed = ROWS.filter((r) => ratingOf(r) === "fail");
+    const crashed = ROWS.filter((r) => r.st === "failed");
+    const artifacts = ROWS.filter((r) => ratingOf(r) === "artifact");
+    const subjects = Array.from(new Set(failed.concat(crashed).map((r) => String(r.sub)))).sort();
+    const list = (rows) => (rows.length ? rows.map((r) => "  - " + yamlString(r.src)).join("\n") : "  []");
+    return [
+      "# cordlesion QC: images rated fail, images whose run failed, and images rated artifact.",
+      "# Re-run the segmentation of these subjects with:",
+      "#   run.py BIDS_DIR OUTPUT_DIR participant --overwrite --participant_label " + subjects.join(" "),
+      "participant_label:",
+      subjects.length ? subjects.map((s) => "  - " + yamlString(s)).join("\n") : "  []",
+      "FILES_FAIL:", list(failed),
+      "FILES_RUN_FAILED:", list(crashed),
+      "FILES_ARTIFACT:", list(artifacts),
+      "",
+    ].join("\n");
+  }
+
+  // ------------------------------------------------------------------------------------------ plot
+  const SVG = "http://www.w3.org/2000/svg";
+
+  function svg(tag, attrs, parent) {
+    const el = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, String(v));
+    if (parent) parent.appendChild(el);
+    return el;
+  }
+
+  function jitter(i) {           // deterministic, so the plot does not move between visits
+    const x = Math.sin(i * 12.9898) * 43758.5453;
+    return x - Math.floor(x) - 0.5;
+  }
+
+  function renderPlot() {
+    const ok = ROWS.map((r, i) => [r, i]).filter(([r]) => r.st === "ok" && r.tot !== null);
+    const groups = Array.from(new Set(ok.map(([r]) => String(r.con)))).sort();
+    const host = $("plot");
+    if (!groups.length) { host.textContent = "No successful images to plot."; return; }
+    const W = Math.max(360, 120 * groups.length + 70), H = 230, L = 56, B = 28, T = 10;
+    const maxLog = Math.max(1, Math.ceil(Math.log10(1 + Math.max(...ok.map(([r]) => r.tot)))));
+    const y = (v) => T + (H - T - B) * (1 - Math.log10(1 + v) / maxLog);
+    const root = svg("svg", {width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img",
+                             "aria-label": "strip plot of total lesion volume per image, by contrast"});
+    for (let e = 0; e <= maxLog; e++) {
+      const v = e === 0 ? 0 : Math.pow(10, e);
+      svg("line", {x1: L - 4, x2: W - 5, y1: y(v), y2: y(v), class: "grid"}, root);
+      svg("text", {x: L - 7, y: y(v) + 4, "text-anchor": "end", class: "tick"}, root).textContent = String(v);
+    }
+    svg("text", {x: 12, y: H / 2, transform: `rotate(-90 12 ${H / 2})`, "text-anchor": "middle", class: "tick"},
+        root).textContent = "mm\u00b3 (log)";
+    const band = (W - L - 10) / groups.length;
+    groups.forEach((g, k) => {
+      const cx = L + band * (k + 0.5);
+      svg("text", {x: cx, y: H - 8, "text-anchor": "middle", class: "tick"}, root).textContent = g;
+      for (const [row, i] of ok.filter(([r]) => String(r.con) === g)) {
+        const dot = svg("circle", {cx: cx + jitter(i) * band * 0.6, cy: y(row.tot), r: 3.2, class: "dot"}, root);
+        svg("title", {}, dot).textContent = `${title(row)}: ${fmt(row.tot)} mm\u00b3, ${row.n} lesion(s)`;
+        dot.addEventListener("click", () => {
+          let pos = view.indexOf(i);
+          if (pos < 0) { $("filters").reset(); refresh(i); pos = view.indexOf(i); }
+          select(pos);
+          openDetail();
+        });
+      }
+    });
+    host.replaceChildren(root);
+  }
+
+  // ---------------------------------------------------------------------------------------- events
+  function onKey(event) {
+    const target = event.target;
+    if (target && (target.tagName === "INPUT" && target.type !== "checkbox" || target.tagName === "SELECT")) return;
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    const key = event.key;
+    let handled = true;
+    if (key === "ArrowDown" || key === "j") select(cursor + 1);
+    else if (key === "ArrowUp" || key === "k") select(cursor - 1);
+    else if (key === "ArrowRight") gotoPage(1);
+    else if (key === "ArrowLeft") gotoPage(-1);
+    else if (key === "Enter") openDetail();
+    else if (key === "Escape") closeDetail();
+    else if (key === "o") { $("d-overlay").checked = !$("d-overlay").checked; if (detailOpen) showDetail(); }
+    else if (key in RATINGS) rate(RATINGS[key]);
+    else if (key === "c") rate("");
+    else handled = false;
+    if (handled) event.preventDefault();
+  }
+
+  function init() {
+    if (!storageOk) $("storage-warning").hidden = false;
+    fillSelect("f-ses", "ses");
+    fillSelect("f-con", "con");
+    fillSelect("f-task", "task");
+    fillSelect("f-st", "st");
+    fillSelect("f-rating", "rating");
+    $("filters").addEventListener("input", () => refresh());
+    // "reset" fires before the fields are cleared: refresh once they are, keeping the selected image.
+    $("filters").addEventListener("reset", () => setTimeout(() => refresh(view[cursor]), 0));
+    $("filters").addEventListener("submit", (e) => e.preventDefault());
+    $("prev").addEventListener("click", () => gotoPage(-1));
+    $("next").addEventListener("click", () => gotoPage(1));
+    $("export-tsv").addEventListener("click", () => download("qc_ratings.tsv", ratingsTsv(),
+                                                            "text/tab-separated-values"));
+    $("export-fail").addEventListener("click", () => download("qc_fail.yml", failYaml(), "application/yaml"));
+    $("show-failed").addEventListener("click", () => { $("filters").reset(); $("f-st").value = "failed";
+                                                       setTimeout(() => refresh(), 0); });
+    $("d-close").addEventListener("click", closeDetail);
+    $("d-prev").addEventListener("click", () => select(cursor - 1));
+    $("d-next").addEventListener("click", () => select(cursor + 1));
+    $("d-overlay").addEventListener("change", showDetail);
+    for (const button of document.querySelectorAll("[data-rate]")) {
+      button.addEventListener("click", () => rate(ratingOf(ROWS[view[cursor]]) === button.dataset.rate
+                                                  ? "" : button.dataset.rate));
+    }
+    document.addEventListener("keydown", onKey);
+    renderHead();
+    renderPlot();
+    refresh();
+    updateSummary();
+  }
+
+  init();
+  // For automated checks (headless browser tests) and for users who want to script the page.
+  window.cordlesionQC = {ratingsTsv, failYaml, viewSize: () => view.length};
+})();
