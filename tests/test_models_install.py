@@ -426,3 +426,17 @@ def test_per_fold_plans_must_agree(env, releases, tmp_path, capsys):
                  "--models-dir", str(env)]) == 1
     assert "f2.zip: plans.json differs from the one in another archive" in capsys.readouterr().err
     assert models.locate("lesion_ms", models_dir=env) == before  # the previous install is untouched
+
+
+def test_damaged_source_json_is_a_model_error(installed_ms, tmp_path):
+    base, manifest = installed_ms
+    models_dir = _copy_install(base, tmp_path / "models")
+    source = models_dir / "lesion_ms" / "source.json"
+    data = json.loads(source.read_text())
+    data["files"][f"{TRAINER}/plans.json"] = "deadbeef"
+    source.write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="source.json: no valid file records"):
+        models.locate("lesion_ms", models_dir=models_dir, manifest=manifest)
+    source.write_text("{")
+    with pytest.raises(ModelError, match="source.json: unreadable"):
+        models.locate("lesion_ms", models_dir=models_dir, manifest=manifest)

@@ -75,9 +75,15 @@ def read_source(root: str | Path) -> dict:
                          f"install`") from exc
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelError(f"{path}: unreadable ({exc})") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("files"), dict) or not data["files"]:
-        raise ModelError(f"{path}: no file records")
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict) or not files or not all(_valid_record(r) for r in files.values()):
+        raise ModelError(f"{path}: no valid file records (sha256, size, mtime_ns per file)")
     return data
+
+
+def _valid_record(rec: object) -> bool:
+    return (isinstance(rec, dict) and isinstance(rec.get("sha256"), str) and isinstance(rec.get("size"), int)
+            and isinstance(rec.get("mtime_ns"), int))
 
 
 @dataclass(frozen=True)
