@@ -195,6 +195,8 @@ def test_one_changed_byte_fails_verify_and_locate(installed_ms, tmp_path, capsys
     assert f"python -m bidsapp.models install lesion_ms --models-dir {models_dir}" in msg
     assert main(["verify", "lesion_ms", "--models-dir", str(models_dir)]) == 1
     err = capsys.readouterr().err
+    assert main(["list", "--models-dir", str(models_dir)]) == 0
+    assert "lesion_ms          r20250909  CHANGED" in capsys.readouterr().out
     assert "lesion_ms: FAILED" in err and f"install lesion_ms --models-dir {models_dir}" in err
     # The same change with the mtime put back: only a full verify can see it, and it does.
     st = (models_dir / "lesion_ms" / TRAINER / "plans.json").stat()
@@ -301,6 +303,9 @@ def test_from_folder_and_shipped_python_is_not_installed(env, releases, server):
     assert main(["install", "spinalcord", "--from", str(releases["sc_folder"]),
                  "--models-dir", str(other)]) == 0
     assert models.locate("spinalcord", models_dir=other).sha256 == loc.sha256
+    mirror = env.parent / "mirror"  # --from URL: a mirror of the release
+    assert main(["install", "spinalcord", "--from", f"{server}/sc.zip", "--models-dir", str(mirror)]) == 0
+    assert models.locate("spinalcord", models_dir=mirror).sha256 == loc.sha256
 
 
 def test_legacy_onnx_release(env, releases):
