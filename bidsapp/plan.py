@@ -34,6 +34,8 @@ DEFAULT_RULES: tuple[dict[str, Any], ...] = (
 # Short BIDS keys accepted in configs and filters, mapped to pybids entity names.
 SHORT_KEYS = {"sub": "subject", "ses": "session", "acq": "acquisition", "ce": "ceagent",
               "rec": "reconstruction", "dir": "direction", "trc": "tracer"}
+# Every BIDS filename key pybids knows by another name (for parsing names without pybids' database).
+_PYBIDS_NAMES = {**SHORT_KEYS, "nuc": "nucleus", "voi": "volume", "stain": "staining", "mod": "modality"}
 _NII = (".nii", ".nii.gz")
 
 
@@ -185,11 +187,26 @@ def index(bids_dir: str | Path, *, participants: Sequence[str] | None = None,
     images: dict[str, SourceImage] = {}
     for suffix in suffixes:
         query = _query(filters, suffix, participants, sessions)
-        for bids_file in layout.get(return_type="object", datatype="anat", suffix=suffix, **query):
-            image = _to_source(bids_file, bids_dir)
+        # Filenames, not BIDSFile objects: reading each file's entities back is one SQL query per file.
+        for path in layout.get(return_type="filename", datatype="anat", suffix=suffix, **query):
+            image = _to_source(Path(path), bids_dir)
             if image is not None:
                 images[image.relpath] = image
     return [images[k] for k in sorted(images)]
+
+
+def parse_entities(filename: str) -> dict[str, Any]:
+    """BIDS entities of a file name with pybids' names: ``sub-01_acq-sag_run-2_T2w.nii.gz`` ->
+    ``{"subject": "01", "acquisition": "sag", "run": 2, "suffix": "T2w", "extension": ".nii.gz"}``."""
+    stem, dot, ext = filename.partition(".")
+    *pairs, suffix = stem.split("_")
+    entities: dict[str, Any] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("-")
+        name = _PYBIDS_NAMES.get(key, key)
+        entities[name] = int(value) if name == "run" and value.isdigit() else value
+    entities.update(suffix=suffix, extension=dot + ext)
+    return entities
 
 
 def _query(filters: Mapping[str, Any], suffix: str, participants: Sequence[str] | None,
@@ -213,11 +230,10 @@ def _intersect(existing: Any, labels: Sequence[str]) -> Any:
     return [str(v) for v in chosen if str(v) in labels] or ["\0none"]
 
 
-def _to_source(bids_file: Any, bids_dir: Path) -> SourceImage | None:
-    path = Path(bids_file.path)
+def _to_source(path: Path, bids_dir: Path) -> SourceImage | None:
     if not path.name.endswith(_NII):
         return None
-    entities = dict(bids_file.get_entities())
+    entities = {**parse_entities(path.name), "datatype": "anat"}
     if "inv" in entities:  # MP2RAGE inversions are never lesion-model inputs
         return None
     relpath = path.relative_to(bids_dir).as_posix()
@@ -258,9 +274,16 @@ def _matches(image: SourceImage, match: Mapping[str, Any]) -> bool:
         if wanted is None:
             if have is not None:
                 return False
-        elif have is None or str(have) != str(wanted):
+        elif have is None or not _same_label(have, wanted):
             return False
     return True
+
+
+def _same_label(have: Any, wanted: Any) -> bool:
+    # run-01 and run 1 are the same run; other labels compare as text
+    if str(have).isdigit() and str(wanted).isdigit():
+        return int(have) == int(wanted)
+    return str(have) == str(wanted)
 
 
 # ------------------------------------------------------------------------------------- what is there
