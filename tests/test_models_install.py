@@ -445,3 +445,14 @@ def test_damaged_source_json_is_a_model_error(installed_ms, tmp_path):
     source.write_text("{")
     with pytest.raises(ModelError, match="source.json: unreadable"):
         models.locate("lesion_ms", models_dir=models_dir, manifest=manifest)
+
+
+def test_list_flags_an_install_of_another_release(installed_ms, tmp_path, server, capsys, monkeypatch):
+    base, _ = installed_ms
+
+    def newer(m):
+        m["release"] = "r20260703"
+    monkeypatch.setenv(registry.MANIFEST_ENV, str(_manifest(tmp_path, server, lesion_ms=newer)))
+    assert main(["list", "--models-dir", str(base)]) == 0
+    assert "lesion_ms          r20250909  other-rel" in capsys.readouterr().out
+    assert models.locate("lesion_ms", models_dir=base).release == "r20250909"  # what is really installed

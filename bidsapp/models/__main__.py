@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bidsapp.models", description="Install, verify and locate the "
                                 "official Spinal Cord Toolbox lesion models.")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", parents=[common], help="tasks, release, installed or not, size")
+    sub.add_parser("list", parents=[common], help="tasks, release, status (installed, missing, CHANGED since "
+                   "install, other-rel: another release than the manifest's), size")
     ins = sub.add_parser("install", parents=[common], help="download, check and install releases")
     ins.add_argument("tasks", nargs="+", metavar="TASK",
                      help="task, SCT alias or release name (e.g. lesion_ms)")
@@ -61,9 +62,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
         if root is not None:
             try:
                 src = check_folder(root).source
-                status = "installed"
                 size = _human(sum(f["size"] for f in src["files"].values()))
                 release = src.get("release", release)
+                # an install of another release than the manifest's (older app, or --from another release)
+                status = "installed" if release == model.release else "other-rel"
             except CordlesionError:
                 status = "CHANGED"
             where = str(root)
