@@ -328,8 +328,7 @@ def format_plan(items: Sequence[Any], settings: Settings) -> str:
              f"output_dir {settings.output_dir}"]
     for item in items:
         job = item.job
-        status = "up to date" if item.up_to_date else ("will run" if item.state else "will run (input "
-                                                      "unreadable now)")
+        status = "up to date" if item.up_to_date else "will run"
         models = ", ".join(f"{name} ({m.release})" for name, m in item.models.items())
         lines.append(f"- {job.source.relpath}\n    task: {job.task}   models: {models}   [{status}]")
         for key in ("mask", "probseg", "cord"):

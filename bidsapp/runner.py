@@ -87,21 +87,30 @@ def model_identity(located: Any) -> dict[str, Any]:
     return {"release": located.release, "demo": bool(located.demo), "sha256": dict(located.sha256)}
 
 
+def job_state(job: Job, settings: Settings, models: Mapping[str, Any]) -> dict[str, Any]:
+    """What a job's outputs depend on: input checksum, task, models, parameters (recorded in the sidecar)."""
+    return {"InputSha256": derivatives.sha256_file(job.source.path), "Task": job.task,
+            "Models": {name: model_identity(m) for name, m in models.items()},
+            "Parameters": settings.parameters()}
+
+
 def prepare(jobs: Sequence[Job], settings: Settings, located: Mapping[str, Any]) -> list[WorkItem]:
-    """Attach models and the state (input checksum, models, parameters) to each job; mark up-to-date ones."""
+    """Attach models to each job and mark the up-to-date ones.
+
+    Inputs are hashed here only when a previous mask sidecar exists (otherwise the job runs anyway and
+    its worker hashes the input), so a first run over a big dataset does not read every image twice.
+    """
     items = []
     for job in jobs:
         models = {name: located[name] for name in TASK_MODELS.get(job.task, (job.task,))}
-        try:
-            input_sha = derivatives.sha256_file(job.source.path)
-        except OSError:  # broken git-annex link, unreadable: the worker reports it with a hint
-            items.append(WorkItem(job, models, None))
-            continue
-        state = {"InputSha256": input_sha, "Task": job.task,
-                 "Models": {name: model_identity(m) for name, m in models.items()},
-                 "Parameters": settings.parameters()}
-        fresh = not settings.overwrite and derivatives.is_up_to_date(
-            settings.output_dir, job.outputs["mask_json"], state)
+        state = None
+        if not settings.overwrite and (settings.output_dir / job.outputs["mask_json"]).is_file():
+            try:
+                state = job_state(job, settings, models)
+            except OSError:  # broken git-annex link, unreadable: the worker reports it with a hint
+                state = None
+        fresh = state is not None and derivatives.is_up_to_date(settings.output_dir, job.outputs["mask_json"],
+                                                                state)
         items.append(WorkItem(job, models, state, up_to_date=fresh))
     return items
 
@@ -172,9 +181,7 @@ def _process(item: WorkItem, settings: Settings, start: float) -> None:
     job = item.job
     check_source(job.source.path, job.source.relpath)
     img = load_image(job.source.path)
-    state = item.state
-    if state is None:  # could not be hashed at planning time but loaded now: hash again
-        state = {**prepare([job], settings, item.models)[0].state}
+    state = item.state if item.state is not None else job_state(job, settings, item.models)
     result = pipelines.segment(img, task=job.task, models=item.models, device=settings.device,
                                tta=settings.tta, folds=settings.folds)
     stats = lesion_stats(result.mask)
