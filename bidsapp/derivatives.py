@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 APP_NAME = "cordlesion"
 CODE_URL = "https://github.com/cordlesion/cordlesion"
 BIDS_VERSION = "1.10.0"
-# Non-BIDS folders of the output dataset (QC pictures, logs, group tables, QC index).
-BIDSIGNORE_LINES = ("figures/", "logs/", "qc/", "group/")
+# Non-BIDS folders of the output dataset (QC pictures, logs, group tables, QC index). bids-validator-deno
+# matches "figures/" only at the top level: "**/figures" (no trailing slash) also covers sub-*/figures/.
+BIDSIGNORE_LINES = ("**/figures", "logs/", "qc/", "group/")
 PROVENANCE_KEY = "Provenance"
 
 # Legacy tasks get their own desc so two models on one image have distinct, BIDS-valid names.
@@ -213,7 +214,7 @@ _README = """# cordlesion derivatives
 Spinal cord multiple sclerosis lesion segmentations computed by cordlesion {version} from `{source}`.
 Per input image: `*_label-lesion_desc-<Suffix>_mask.nii.gz` (binary, on the input grid),
 `*_label-lesion_desc-<Suffix>_probseg.nii.gz` (lesion probability) and JSON sidecars with provenance.
-Non-BIDS folders (`figures/`, `logs/`, `qc/`, `group/`) are listed in `.bidsignore`.
+Non-BIDS folders (`sub-*/figures/`, `logs/`, `qc/`, `group/`) are listed in `.bidsignore`.
 """
 
 

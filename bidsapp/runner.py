@@ -294,9 +294,11 @@ def _run_pool(todo: Sequence[WorkItem], settings: Settings, collect: Callable[[J
                 try:
                     collect(future.result())
                 except Exception as exc:  # the worker itself died (killed, out of memory)
+                    message = (f"{item.job.source.path}: worker process died ({type(exc).__name__}: {exc}); "
+                               f"out of memory? try fewer --nprocs")
+                    _write_log(settings.output_dir, item.job.log, f"FAILED {message}\n", settings)
                     collect(JobResult(item.job.name, item.job.source.relpath, item.job.task, "failed",
-                                      message=f"{item.job.source.path}: worker process died ({exc!r})",
-                                      log=item.job.log))
+                                      message=message, log=item.job.log))
         except KeyboardInterrupt:
             for future in futures:
                 future.cancel()
