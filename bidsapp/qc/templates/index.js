@@ -13,6 +13,7 @@
     ["st", "Status"], ["rating", "Rating"], ["err", "Error"],
   ];
   const NUMERIC = new Set(["n", "tot", "max"]);
+  const COLLATOR = new Intl.Collator(undefined, {numeric: true});   // one collator: localeCompare builds one per call
   const $ = (id) => document.getElementById(id);
 
   let storageOk = true;
@@ -85,8 +86,7 @@
     const vb = sortKey === "rating" ? ratingOf(ROWS[b]) : ROWS[b][sortKey];
     const missingA = va === null || va === "", missingB = vb === null || vb === "";
     if (missingA || missingB) return missingA === missingB ? a - b : (missingA ? 1 : -1);  // n/a last
-    const order = NUMERIC.has(sortKey) ? va - vb
-      : String(va).localeCompare(String(vb), undefined, {numeric: true});
+    const order = NUMERIC.has(sortKey) ? va - vb : COLLATOR.compare(String(va), String(vb));
     return order === 0 ? a - b : order * sortDir;
   }
 
