@@ -162,12 +162,13 @@ def find_lesion_mask(output_dir: Path, source: str) -> Path | None:
     return None
 
 
-def _qc_pictures(mask: Path, output_dir: Path) -> list[dict[str, str]]:
-    """brainlife ``image/png`` entries for the QC pictures of the image behind ``mask``."""
-    stem = mask.name.split("_label-")[0]
-    pictures = sorted(output_dir.glob(f"sub-*/figures/{stem}_*.png"))
+def _qc_pictures(source: str, output_dir: Path) -> list[dict[str, str]]:
+    """brainlife ``image/png`` entries: the QC overlays of the image ``source`` (BIDS-relative path)."""
+    stem = Path(source).name.removesuffix(".gz").removesuffix(".nii")
+    pictures = sorted(output_dir.glob(f"sub-*/figures/{stem}_desc-*.png"))
+    overlays = [p for p in pictures if "overlay" in p.stem] or pictures
     return [{"type": "image/png", "name": p.stem, "base64": base64.b64encode(p.read_bytes()).decode()}
-            for p in pictures]
+            for p in overlays]
 
 
 def collect_outputs(job: BrainlifeJob, sources: dict[str, str], output_dir: Path,
@@ -194,7 +195,7 @@ def collect_outputs(job: BrainlifeJob, sources: dict[str, str], output_dir: Path
         }
         product["brainlife"].append({"type": "info", "msg": f"{key}: {stats.count} lesion(s), "
                                      f"{stats.total_mm3:.1f} mm3 in total"})
-        product["brainlife"] += _qc_pictures(mask, output_dir)
+        product["brainlife"] += _qc_pictures(source, output_dir)
     return product
 
 
@@ -222,12 +223,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(args) > 1 or (args and args[0] in ("-h", "--help")):
         print("usage: python -m bidsapp.brainlife [config.json]", file=sys.stderr)
         return 64 if len(args) > 1 else 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # No logging setup here: the app's CLI installs its handler when it runs (a second one would
+    # print every line twice); errors before that are printed.
     config_path = Path(args[0] if args else "config.json").absolute()
     try:
         return run(config_path)
     except CordlesionError as exc:
-        log.error("%s", exc)
+        print(f"cordlesion brainlife: {exc}", file=sys.stderr)
         # brainlife shows product.json messages on the job page: say there why nothing was produced.
         product = {"brainlife": [{"type": "error", "msg": str(exc)}]}
         (config_path.parent / "product.json").write_text(json.dumps(product, indent=2) + "\n")

@@ -1,0 +1,202 @@
+"""The SLURM recipe (hpc/): participant mapping, submission chain, and a real run of its scripts.
+
+The end-to-end test runs the array script itself 4 times AT ONCE (as 4 array tasks on 4 nodes) into one
+output_dir, without a container (CORDLESION_CMD), then the group script, and checks every output. It also
+runs as a locked-down container would: HOME that does not exist, the BIDS dataset hashed before and after,
+the working directory checked unchanged. (Tests run as root here, and root ignores file permissions: so
+"read-only" is checked by its effect, nothing created or changed, rather than by chmod.)
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from containers_phantoms import write_small_bids
+
+ROOT = Path(__file__).resolve().parent.parent
+HPC = ROOT / "hpc"
+ARRAY, GROUP, SUBMIT = HPC / "cordlesion_array.sbatch", HPC / "cordlesion_group.sbatch", HPC / "submit.sh"
+VERSION = (ROOT / "version").read_text().strip()
+
+
+def _list(bids: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(ARRAY), "--list", str(bids)], capture_output=True, text=True,
+                          timeout=30)
+
+
+def _tree_digest(root: Path) -> dict[str, tuple]:
+    """Every path under ``root`` -> (kind, mode, mtime_ns, sha256 of the content)."""
+    digest = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        content = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+        digest[path.relative_to(root).as_posix()] = (path.is_dir(), st.st_mode, st.st_mtime_ns, content)
+    return digest
+
+
+# -------------------------------------------------------------------------------- participant mapping
+def test_participants_come_from_the_tsv_in_file_order(tmp_path):
+    for label in ("02", "10", "ab"):
+        (tmp_path / f"sub-{label}" / "anat").mkdir(parents=True)
+    # Windows line endings, an extra column first, a listed subject without data (skipped, warned)
+    (tmp_path / "participants.tsv").write_bytes(
+        b"age\tparticipant_id\r\n30\tsub-10\r\n31\tsub-02\r\n32\tsub-99\r\n33\tsub-ab\r\n")
+    proc = _list(tmp_path)
+    assert proc.returncode == 0
+    assert proc.stdout.split() == ["10", "02", "ab"]
+    assert "sub-99" in proc.stderr
+
+
+def test_participants_fall_back_to_sorted_folders(tmp_path):
+    for label in ("03", "01", "B2"):
+        (tmp_path / f"sub-{label}").mkdir()
+    (tmp_path / "sourcedata").mkdir()
+    assert _list(tmp_path).stdout.split() == ["01", "03", "B2"]
+
+
+def test_array_task_beyond_the_participants_is_a_usage_error(tmp_path):
+    (tmp_path / "sub-01").mkdir()
+    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "2", "CORDLESION_CMD": "false"}
+    proc = subprocess.run(["bash", str(ARRAY), str(tmp_path), str(tmp_path / "out")], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 64 and "array task 2" in proc.stderr
+
+
+def test_container_command_binds_data_read_only(tmp_path):
+    """Without CORDLESION_CMD the task runs `apptainer run --cleanenv` with the documented binds."""
+    (tmp_path / "sub-01").mkdir()
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "apptainer").write_text('#!/bin/bash\nprintf "%s\\n" "$@" > "$ARGS_LOG"\n')
+    (fake / "apptainer").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "SLURM_ARRAY_TASK_ID": "1",
+           "ARGS_LOG": str(tmp_path / "args"), "CORDLESION_SIF": "/images/c.sif", "SLURM_CPUS_PER_TASK": "3",
+           "CORDLESION_WORK": str(tmp_path)}
+    proc = subprocess.run(["bash", str(ARRAY), str(tmp_path), str(tmp_path / "out"), "--demo"], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    args = (tmp_path / "args").read_text().split("\n")[:-1]
+    assert args[:2] == ["run", "--cleanenv"]
+    assert ["-B", f"{tmp_path}:/data:ro"] == args[2:4] and args[4:6] == ["-B", f"{tmp_path / 'out'}:/out"]
+    assert args[6] == "-B" and args[7].endswith(":/work") and args[8] == "/images/c.sif"
+    assert args[9:] == ["/data", "/out", "participant", "--participant-label", "01", "-w", "/work",
+                        "--nprocs", "1", "--omp-nthreads", "3", "--demo"]
+    assert not list(tmp_path.glob("cordlesion_*")), "the per-task work folder must be removed"
+    proc = subprocess.run(["bash", str(GROUP), str(tmp_path), str(tmp_path / "out")], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "args").read_text().split("\n")[:-1] == [
+        "run", "--cleanenv", "-B", f"{tmp_path}:/data:ro", "-B", f"{tmp_path / 'out'}:/out", "/images/c.sif",
+        "/data", "/out", "group"]
+
+
+def test_submit_chains_the_group_job_after_the_whole_array(tmp_path):
+    bids = tmp_path / "bids"
+    for label in ("01", "02", "03"):
+        (bids / f"sub-{label}").mkdir(parents=True)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    # a fake sbatch: logs its arguments, answers job ids the way --parsable does (with a cluster name)
+    (fake / "sbatch").write_text('#!/bin/bash\necho "$*" >> "$SBATCH_LOG"\n'
+                                 'n=$(wc -l < "$SBATCH_LOG"); echo "$((4000 + n));clusterA"\n')
+    (fake / "sbatch").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "SBATCH_LOG": str(tmp_path / "log"),
+           "SBATCH_EXTRA": "--account=lab1", "CORDLESION_MAX_PARALLEL": "2"}
+    proc = subprocess.run(["bash", str(SUBMIT), str(bids), str(tmp_path / "out"), "--demo"], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    array_call, group_call = (tmp_path / "log").read_text().splitlines()
+    out = tmp_path / "out"
+    assert array_call == f"--parsable --account=lab1 --array=1-3%2 {ARRAY} {bids} {out} --demo"
+    assert group_call == f"--parsable --account=lab1 --dependency=afterok:4001 {GROUP} {bids} {out}"
+    assert "array job 4001" in proc.stdout and "group job 4002" in proc.stdout
+
+
+def test_submit_refuses_a_dataset_without_participants(tmp_path):
+    proc = subprocess.run(["bash", str(SUBMIT), str(tmp_path), str(tmp_path / "out")], capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 66
+
+
+# ------------------------------------------------------------------------------ end to end, concurrent
+@pytest.fixture(scope="module")
+def hpc_bids(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 participants, one small phantom T2w each, on 4 different grids (4 array tasks x 1 image)."""
+    root = tmp_path_factory.mktemp("hpc_bids")
+    write_small_bids(root, 4, seed=8080)
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_four_array_tasks_at_once_then_group_in_a_locked_down_environment(hpc_bids, tmp_path):
+    out, scratch, cwd = tmp_path / "derivatives" / "cordlesion", tmp_path / "scratch", tmp_path / "cwd"
+    scratch.mkdir()
+    cwd.mkdir()
+    home = tmp_path / "no-such-home"
+    before = _tree_digest(hpc_bids)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "DENO_", "TORCH_", "MPL"))}
+    env |= {"HOME": str(home), "CORDLESION_CMD": f"{sys.executable} {ROOT / 'run.py'}",
+            "CORDLESION_WORK": str(scratch), "SLURM_ARRAY_JOB_ID": "777", "SLURM_CPUS_PER_TASK": "1",
+            "OMP_NUM_THREADS": "1"}
+    command = ["bash", str(ARRAY), str(hpc_bids), str(out), "--demo", "--skip_bids_validator"]
+    tasks = [subprocess.Popen(command, cwd=cwd, env=env | {"SLURM_ARRAY_TASK_ID": str(k)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for k in (1, 2, 3, 4)]
+    logs = [t.communicate(timeout=500)[0] for t in tasks]
+    for k, (task, log) in enumerate(zip(tasks, logs, strict=True), start=1):
+        assert task.returncode == 0, f"array task {k} failed:\n{log[-3000:]}"
+    group = subprocess.run(["bash", str(GROUP), str(hpc_bids), str(out)], cwd=cwd, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert group.returncode == 0, group.stdout[-2000:] + group.stderr[-3000:]
+
+    # nothing written outside output_dir: input untouched, no HOME made, cwd and scratch left empty
+    assert _tree_digest(hpc_bids) == before
+    assert not home.exists()
+    assert list(cwd.iterdir()) == [] and list(scratch.iterdir()) == []
+
+    sources = sorted(hpc_bids.glob("sub-*/**/*_T2w.nii.gz"))
+    assert len(sources) == 4
+    for source in sources:
+        _check_image_outputs(source, hpc_bids, out)
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative"
+    assert description["GeneratedBy"][0]["Name"] == "cordlesion"
+    assert description["GeneratedBy"][0]["Version"] == VERSION
+    assert not [p for p in out.rglob(".*.tmp*")], "temporary files left behind"
+    with open(out / "group" / "lesions.tsv", newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    listed = "\n".join("\t".join(str(v) for v in row.values()) for row in rows)
+    for source in sources:
+        stem = source.name[: -len("_T2w.nii.gz")]
+        hits = sum(stem in "\t".join(map(str, row.values())) for row in rows)
+        assert hits == 1, f"{stem} not once in\n{listed}"
+
+
+def _check_image_outputs(source: Path, bids: Path, out: Path) -> None:
+    rel = source.relative_to(bids)
+    stem = source.name[: -len("_T2w.nii.gz")]
+    folder = out / rel.parent
+    src = nib.load(source)
+    mask_path = folder / f"{stem}_label-lesion_desc-T2w_mask.nii.gz"
+    mask = nib.load(mask_path)
+    data = np.asanyarray(mask.dataobj)
+    assert mask.shape == src.shape and np.array_equal(mask.affine, src.affine), mask_path
+    assert data.dtype == np.uint8 and set(np.unique(data)) <= {0, 1}, mask_path
+    sidecar = json.loads(mask_path.with_name(mask_path.name.replace(".nii.gz", ".json")).read_text())
+    assert sidecar["Sources"] == [f"bids:raw:{rel.as_posix()}"]
+    probseg_path = folder / f"{stem}_label-lesion_desc-T2w_probseg.nii.gz"
+    if probseg_path.exists():
+        probseg = nib.load(probseg_path)
+        p = np.asanyarray(probseg.dataobj)
+        assert probseg.shape == src.shape and np.array_equal(probseg.affine, src.affine)
+        assert float(p.min()) >= 0.0 and float(p.max()) <= 1.0
+        json.loads(probseg_path.with_name(probseg_path.name.replace(".nii.gz", ".json")).read_text())
