@@ -67,12 +67,14 @@ def validate(dataset: str | Path, *, work_dir: str | Path | None = None,
              timeout: float = 600) -> ValidationReport:
     """Run the validator on ``dataset`` and return its issues (derivatives/ not included).
 
-    Deno's cache goes to ``work_dir`` (or a temp folder), never HOME, so this works with HOME read-only.
+    Deno's cache and HOME go to a temp folder in ``work_dir`` (or TMPDIR), so this works with HOME
+    read-only, missing or not a folder.
     """
     exe = find_validator()
     with tempfile.TemporaryDirectory(prefix="cordlesion-validator-", dir=work_dir) as tmp:
         out = Path(tmp) / "report.json"
-        env = {**os.environ, "DENO_DIR": str(Path(tmp) / "deno"), "NO_COLOR": "1"}
+        # Deno reads (and may write) under HOME: give it the temp folder, HOME may be read-only or bogus.
+        env = {**os.environ, "DENO_DIR": str(Path(tmp) / "deno"), "HOME": tmp, "NO_COLOR": "1"}
         cmd = [exe, "--format", "json", "--outfile", str(out), str(dataset)]
         log.info("validating %s with %s", dataset, EXECUTABLE)
         try:
