@@ -7,7 +7,8 @@ centreline crop from the ground-truth cord, percentile standardisation, 0.5 mm i
 so the models learn what the pipeline hands them. The networks are small 3D U-Nets (a few hundred
 kB each); they are demo models for trying the app and for tests, not for research.
 
-    python -m bidsapp.demo.train_legacy [--out bidsapp/models/demo/legacy] [--steps 300] [--seed 0]
+    python -m bidsapp.demo.train_legacy [--out bidsapp/models/demo/legacy] [--tasks t2 t2_ax t2s]
+        [--steps 500] [--finetune-steps 250] [--seed 0] [--threads 2]
 
 After export each file is checked against its torch network (max abs difference <= 1e-4).
 """
@@ -31,7 +32,9 @@ log = logging.getLogger(__name__)
 
 INPUT_NAME, OUTPUT_NAME = "input_1", "predictions"   # the names SCT feeds and reads (deepseg_/onnx.py)
 PATCH = (legacy.CROP_SIZE,) * 3
-TRAIN_Z = 16   # training windows are 48x48x16 (3x faster than 48^3 on a CPU); the net is fully convolutional
+# training windows: 40x40 in-plane around the cord, 16 slices (4x cheaper than 48^3 on a CPU); the net is
+# fully convolutional without normalisation layers, so it runs unchanged on the 48^3 inference patches
+TRAIN_Z, TRAIN_XY = 16, 40
 OPSET = 17
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "models" / "demo" / "legacy"
 FEATURES = (6, 12, 24)
@@ -173,22 +176,28 @@ def _window_start(y: np.ndarray, rng: np.random.Generator, depth: int) -> int:
     return int(rng.integers(0, max(1, nz - depth // 3)))
 
 
-def sample_batch(cases, rng: np.random.Generator, size: int, task: str,
-                 depth: int = TRAIN_Z) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random 48x48x``depth`` windows, zero-padded past the end and then z-scored exactly as
-    :func:`bidsapp.legacy.predict_patches` does; random R-L flips."""
+def sample_batch(cases, rng: np.random.Generator, size: int, task: str, depth: int = TRAIN_Z,
+                 width: int = TRAIN_XY) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random ``width`` x ``width`` x ``depth`` windows near the crop centre (where the cord is),
+    zero-padded past the end and then z-scored exactly as :func:`bidsapp.legacy.predict_patches`
+    does; random R-L and S-I flips and a random gain (a bias field leaves the cord brighter or darker
+    than the global percentile standardisation expects)."""
     contrast = legacy.contrast_for(task)
-    shape = (*PATCH[:2], depth)
     xs, ys = [], []
     for _ in range(size):
         x, y = cases[rng.integers(len(cases))]
         z0 = _window_start(y, rng, depth)
         n = min(depth, x.shape[2] - z0)
-        px, py = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        px, py = np.zeros(PATCH[:2] + (depth,), np.float32), np.zeros(PATCH[:2] + (depth,), np.float32)
         px[:, :, :n], py[:, :, :n] = x[:, :, z0:z0 + n], y[:, :, z0:z0 + n]
-        if rng.random() < 0.5:
-            px, py = px[::-1], py[::-1]
-        xs.append((px - contrast.mean) / contrast.std)
+        margin = PATCH[0] - width
+        x0, y0 = (int(np.clip(margin // 2 + rng.integers(-4, 5), 0, margin)) for _ in range(2))
+        px, py = px[x0:x0 + width, y0:y0 + width], py[x0:x0 + width, y0:y0 + width]
+        for axis in (0, 2):
+            if rng.random() < 0.5:
+                px, py = np.flip(px, axis), np.flip(py, axis)
+        gain = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
+        xs.append((px * gain - contrast.mean) / contrast.std)
         ys.append(py.copy())
     return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys)[:, None])
 
@@ -203,16 +212,16 @@ def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return bce + (1 - dice)
 
 
-def train(task: str, *, steps: int, seed: int, n_cases: int = 24, batch: int = 4,
-          init: LesionUNet | None = None) -> tuple[LesionUNet, list]:
-    """Train one model; ``init`` starts from another model's weights (t2_ax, t2s fine-tune from t2)."""
+def train(task: str, *, steps: int, seed: int, n_cases: int = 24, batch: int = 4, lr: float = 3e-3,
+          init: LesionUNet | None = None, cases: list | None = None) -> tuple[LesionUNet, list]:
+    """Train one model; ``init`` starts from another model's weights (t2_ax fine-tunes t2)."""
     torch.manual_seed(seed)
-    cases = make_cases(task, n_cases, seed)
+    cases = cases if cases is not None else make_cases(task, n_cases, seed)
     net = LesionUNet()
     if init is not None:
         net.load_state_dict(init.state_dict())
-    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     rng = np.random.default_rng(seed + 1)
     net.train()
     for step in range(steps):
@@ -249,24 +258,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bidsapp.demo.train_legacy",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--steps", type=int, default=250, help="steps for t2 (t2_ax, t2s: half)")
+    parser.add_argument("--tasks", nargs="+", choices=legacy.TASKS, default=list(legacy.TASKS))
+    parser.add_argument("--steps", type=int, default=500, help="training steps per model from scratch")
+    parser.add_argument("--finetune-steps", type=int, default=250,
+                        help="steps for t2_ax when t2 is trained in the same run (it starts from t2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
-    base = None
-    for i, task in enumerate(legacy.TASKS):
+    trained: dict[str, LesionUNet] = {}
+    for task in args.tasks:
         t0 = time.time()
-        steps = args.steps if base is None else args.steps // 2
-        net, cases = train(task, steps=steps, seed=args.seed + 100 * i, init=base)
-        base = base or net
+        i = legacy.TASKS.index(task)
+        init = trained.get("t2") if task == "t2_ax" else None   # same contrast, other acquisition
+        steps = args.finetune_steps if init is not None else args.steps
+        net, cases = train(task, steps=steps, seed=args.seed + 100 * i, init=init)
+        trained[task] = net
         meta = {"cordlesion_demo": "true", "task": task,
                 "trained_on": "synthetic phantoms (bidsapp.demo.phantom)",
-                "architecture": f"LesionUNet{FEATURES}", "patch_mean": str(legacy.contrast_for(task).mean),
+                "architecture": f"LesionUNet{FEATURES}", "steps": str(steps),
+                "initialised_from": "t2" if init is not None else "random",
+                "patch_mean": str(legacy.contrast_for(task).mean),
                 "patch_std": str(legacy.contrast_for(task).std), "note": "demo model: not for research"}
         path = export_onnx(net, args.out / f"{task}_lesion.onnx", meta)
-        x, _ = sample_batch(cases, np.random.default_rng(7), 2, task, depth=PATCH[2])
+        x, _ = sample_batch(cases, np.random.default_rng(7), 2, task, depth=PATCH[2], width=PATCH[0])
         diff = parity(net, path, x.numpy())
         log.info("%s: %.0f s, %s (%.0f kB), ONNX vs torch max abs diff %.2e",
                  task, time.time() - t0, path, path.stat().st_size / 1024, diff)
