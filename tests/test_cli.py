@@ -164,10 +164,15 @@ def test_run_rerun_and_failure(dirs, fake_models, capsys, tmp_path):
 
     shutil.copytree(dirs["bids"], bad)
     (bad / "sub-01/anat/sub-01_T2w.nii.gz").write_bytes(b"\x1f\x8bnot really")
+    annexed = bad / "sub-02/ses-A/anat/sub-02_ses-A_acq-sag_T2w.nii.gz"  # DataLad content not fetched
+    annexed.symlink_to("../../../.git/annex/objects/Xx/Yy/SHA256E-s9--0.nii.gz/SHA256E-s9--0.nii.gz")
     out2 = tmp_path / "out2"
     assert cli.main([str(bad), str(out2), "participant", "--skip_bids_validator"]) == 1
     assert (out2 / "sub-02/ses-A/anat/sub-02_ses-A_acq-ax_label-lesion_desc-T2starw_mask.json").is_file()
     assert not (out2 / "sub-01/anat/sub-01_label-lesion_desc-T2w_mask.json").exists()
     log_text = (out2 / "logs/sub-01/sub-01_T2w_desc-T2w.log").read_text()
     assert "sub-01_T2w.nii.gz" in log_text and "Traceback" in log_text
-    assert "failed: sub-01/anat/sub-01_T2w.nii.gz" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "failed: sub-01/anat/sub-01_T2w.nii.gz" in err and "2 failed" in err
+    assert "broken symbolic link" in err
+    assert "datalad get sub-02/ses-A/anat/sub-02_ses-A_acq-sag_T2w.nii.gz" in err
