@@ -22,7 +22,7 @@ from .settings import Settings, default_omp_nthreads
 log = logging.getLogger("bidsapp")
 
 EXIT = {"ok": 0, "failed": 1, "invalid_bids": 16, "unknown_level": 17, "no_match": 18, "usage": 64,
-        "data": 65, "no_input": 66, "cant_create": 73}
+        "data": 65, "no_input": 66, "cant_create": 73, "interrupted": 130}
 LEVELS = ("participant", "group")
 
 
@@ -128,6 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Exit as exc:
         log.error("%s", exc.message)
         return exc.code
+    except KeyboardInterrupt:  # Ctrl-C / SIGINT: outputs are atomic, so finished images are complete
+        log.error("interrupted: stopped; finished images are kept, re-run the same command to do the rest")
+        return EXIT["interrupted"]
 
 
 class _Exit(Exception):
