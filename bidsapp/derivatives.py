@@ -276,6 +276,20 @@ def write_segmentation(output_dir: Path, outputs: Mapping[str, str], *, mask: ni
     ``provenance`` is completed with ``Outputs`` (what was written), which :func:`is_up_to_date` checks.
     """
     output_dir = Path(output_dir)
+    try:
+        return _write_segmentation(output_dir, outputs, mask=mask, probseg=probseg, cord=cord,
+                                   source_uri=source_uri, description=description, provenance=provenance)
+    except BaseException:
+        # Disk full, Ctrl-C: leave no half set of this image's outputs (a mask without its sidecar);
+        # the image is then simply "not done" and the next run recomputes it.
+        for rel in outputs.values():
+            _unlink_quietly(str(output_dir / rel))
+        raise
+
+
+def _write_segmentation(output_dir: Path, outputs: Mapping[str, str], *, mask: nib.Nifti1Image,
+                        probseg: nib.Nifti1Image | None, cord: nib.Nifti1Image | None, source_uri: str,
+                        description: str, provenance: Mapping[str, Any]) -> list[str]:
     images = [("mask", mask), ("probseg", probseg), ("cord", cord)]
     written = [outputs[key] for key, img in images if img is not None]
     prov = {**provenance, "Outputs": written}
