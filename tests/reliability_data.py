@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -86,6 +88,14 @@ def add_bad_images(root: Path) -> dict[str, str]:
     return bad
 
 
+def drop_cli_log_handlers() -> None:
+    """cli.main adds a handler bound to the current sys.stderr; under capsys that stream is closed after
+    the test, so remove it (as cli does itself on its next call)."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_cordlesion", False)]:
+        root.removeHandler(handler)
+
+
 def run_app(args: list[str], *, timeout: float = 120, env: dict | None = None,
             **popen) -> subprocess.CompletedProcess:
     """``run.py`` in a subprocess (1 thread), output captured."""
@@ -127,11 +137,47 @@ def scan_outputs(output_dir: Path) -> dict[str, list[str]]:
     return found
 
 
-def masks(output_dir: Path) -> dict[str, bytes]:
+def masks(output_dir: Path, pattern: str = "*_mask.nii.gz") -> dict[str, bytes]:
+    """``{relative path: bytes}`` of the output images matching ``pattern`` (masks by default)."""
     return {p.relative_to(output_dir).as_posix(): p.read_bytes()
-            for p in sorted(output_dir.rglob("*_mask.nii.gz"))}
+            for p in sorted(output_dir.glob(f"sub-*/**/{pattern}"))}
 
 
 def copy_dataset(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, symlinks=True)
     return dst
+
+
+class Reference:
+    """A clean run's mask bytes and wall time (the yardstick for kills, concurrency, determinism)."""
+
+    def __init__(self, output_dir: Path, seconds: float, log: str):
+        self.output_dir = output_dir
+        self.seconds = seconds
+        self.work_seconds = _work_seconds(log) or seconds / 2
+        self.masks = masks(output_dir)
+        self.probsegs = masks(output_dir, "*_probseg.nii.gz")
+
+
+_REFERENCES: dict[str, Reference] = {}
+
+
+def _work_seconds(log: str) -> float:
+    """Seconds the images took: the sum of the runner's "done in X s" lines."""
+    import re
+
+    return sum(float(x) for x in re.findall(r" done in ([0-9.]+) s", log))
+
+
+def reference_run(tmp_path_factory, bids: Path, *extra: str) -> Reference:
+    """Run the app once on ``bids`` (subprocess, 1 process, 1 thread), cached for the session."""
+    key = f"{bids}|{' '.join(extra)}"
+    if key not in _REFERENCES:
+        out = tmp_path_factory.mktemp("reference") / "out"
+        start = time.monotonic()
+        res = run_app([bids, out, "participant", "--demo", "--skip_bids_validator", "--nprocs", "1",
+                       "--omp-nthreads", "1", *extra])
+        assert res.returncode == 0, res.stderr[-3000:]
+        _REFERENCES[key] = Reference(out, time.monotonic() - start, res.stderr)
+        assert _REFERENCES[key].masks, "the reference run wrote no mask"
+    return _REFERENCES[key]

@@ -1,0 +1,55 @@
+"""Concurrency and determinism rows of docs/RELIABILITY.md.
+
+8 participant processes share one output_dir (as SLURM array tasks do) with overlapping subject lists;
+the same inputs and models give byte-identical masks across runs and across --nprocs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from reliability_data import ENV_1THREAD, RUN_PY, masks, reference_run, run_app, scan_outputs, tiny_bids
+
+FAST = ["--demo", "--skip_bids_validator", "--omp-nthreads", "1"]
+SUBJECT_SETS = [["01"], ["02"], ["01", "02"], ["02", "01"], ["01"], ["02"], ["01", "02"], ["sub-02"]]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return tiny_bids(tmp_path_factory.mktemp("rel_concurrency") / "bids", n_subjects=2)
+
+
+def test_eight_processes_on_one_output_dir(tiny, tmp_path, tmp_path_factory):
+    ref = reference_run(tmp_path_factory, tiny)
+    out = tmp_path / "out"
+    procs = [subprocess.Popen([sys.executable, str(RUN_PY), str(tiny), str(out), "participant", *FAST,
+                               "--nprocs", "1", "--participant_label", *labels],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, **ENV_1THREAD})
+             for labels in SUBJECT_SETS]
+    results = [(p, *p.communicate(timeout=300)) for p in procs]
+    for proc, _, err in results:
+        assert proc.returncode == 0, err[-2000:]
+    found = scan_outputs(out)  # every file loads / parses
+    assert found["temp"] == [], found["temp"]
+    assert masks(out) == ref.masks and masks(out, "*_probseg.nii.gz") == ref.probsegs
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "cordlesion"
+    ignore = (out / ".bidsignore").read_text().splitlines()
+    assert len(ignore) == len(set(ignore)), ignore  # concurrent merges did not duplicate lines
+    # every output written once: one file per name, and exactly the reference's set of outputs
+    produced = sorted(p.relative_to(out).as_posix() for p in out.glob("sub-*/anat/*"))
+    expected = sorted(p.relative_to(ref.output_dir).as_posix() for p in ref.output_dir.glob("sub-*/anat/*"))
+    assert produced == expected
+
+
+def test_byte_identical_across_runs_and_nprocs(tiny, tmp_path, tmp_path_factory):
+    ref = reference_run(tmp_path_factory, tiny)
+    again = run_app([tiny, tmp_path / "n2", "participant", *FAST, "--nprocs", "2"])
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert masks(tmp_path / "n2") == ref.masks
+    assert masks(tmp_path / "n2", "*_probseg.nii.gz") == ref.probsegs
