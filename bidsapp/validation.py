@@ -59,7 +59,7 @@ def find_validator() -> str:
     found = shutil.which(EXECUTABLE)
     if found is None:
         raise ValidatorUnavailableError(
-            f"{EXECUTABLE} not found: pip install bids-validator-deno, or run with --skip_bids_validator")
+            f"{EXECUTABLE} not found on PATH nor next to {sys.executable}: pip install bids-validator-deno")
     return found
 
 
