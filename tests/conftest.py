@@ -39,3 +39,28 @@ def phantom_factory() -> Callable[..., Phantom]:
         return cache[key]
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def participant_run(phantom_bids: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The participant level run ONCE on ``phantom_bids`` with the demo models (2 worker processes,
+    input validation on, HOME unusable). Returns the output_dir; READ-ONLY: copy before modifying.
+    Its exit code was 0 (the fixture fails otherwise)."""
+    import os
+
+    from bidsapp.cli import main
+
+    out = tmp_path_factory.mktemp("participant_run") / "cordlesion"
+    home = os.environ.get("HOME")
+    os.environ["HOME"] = "/dev/null"  # any cache written under HOME would fail (not a folder)
+    try:
+        code = main([str(phantom_bids), str(out), "participant", "--demo", "--nprocs", "2",
+                     "--omp-nthreads", "1", "-w", str(tmp_path_factory.mktemp("participant_work"))])
+    finally:
+        if home is None:
+            os.environ.pop("HOME", None)
+        else:
+            os.environ["HOME"] = home
+    if code != 0:
+        pytest.fail(f"participant level on the phantom dataset exited {code}")
+    return out
