@@ -29,7 +29,8 @@ CODE_URL = "https://github.com/cordlesion/cordlesion"
 BIDS_VERSION = "1.10.0"
 # Non-BIDS folders of the output dataset (QC pictures, logs, group tables, QC index). bids-validator-deno
 # matches "figures/" only at the top level: "**/figures" (no trailing slash) also covers sub-*/figures/.
-BIDSIGNORE_LINES = ("**/figures", "logs/", "qc/", "group/")
+# A trailing slash does not match top-level folders either ("qc/" left /qc/ and /group/ NOT_INCLUDED).
+BIDSIGNORE_LINES = ("**/figures", "logs", "qc", "group")
 PROVENANCE_KEY = "Provenance"
 
 # Legacy tasks get their own desc so two models on one image have distinct, BIDS-valid names.
