@@ -2,20 +2,56 @@
 HTML escaping, no network at run time, non-root container user."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pickle
 import re
+import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
+from reliability_data import (
+    ENV_1THREAD,
+    RUN_PY,
+    copy_dataset,
+    drop_cli_log_handlers,
+    image_path,
+    scan_outputs,
+    tiny_bids,
+)
 
-from bidsapp import derivatives
-from bidsapp.engine.modelfolder import load_checkpoint
+from bidsapp import cli, derivatives
+from bidsapp.engine.modelfolder import NnUNetModel, load_checkpoint
 from bidsapp.errors import ModelError
+from bidsapp.models import locate
 
 REPO = Path(__file__).resolve().parents[1]
+FAST = ["--demo", "--skip_bids_validator", "--nprocs", "1", "--omp-nthreads", "1"]
+HOSTILE = "<img src=x onerror=alert(1)>"  # a legal folder name that is also HTML
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    """Every entry under root: link targets for symlinks, sha256 for files (follows nothing)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_symlink():
+            out[rel] = "-> " + os.readlink(p)
+        elif p.is_file():
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return tiny_bids(tmp_path_factory.mktemp("rel_security") / "bids", n_subjects=2)
 
 
 class _Payload:
@@ -102,16 +138,157 @@ def test_container_user_is_not_root():
 
 
 @pytest.fixture
-def no_network(monkeypatch):
-    """Every socket connect, DNS lookup and send raises: the app must not need any of them."""
+def no_network(monkeypatch) -> list:
+    """Every socket connect, DNS lookup and send raises, and is recorded: the app must try none."""
+    attempts: list = []
+
     def blocked(*args, **kwargs):
+        attempts.append(args[1:] or kwargs)
         raise OSError("network access blocked by the test")
-    for name in ("connect", "connect_ex", "sendto", "bind"):
+    for name in ("connect", "connect_ex", "sendto"):
         monkeypatch.setattr(socket.socket, name, blocked)
     monkeypatch.setattr(socket, "getaddrinfo", blocked)
     monkeypatch.setattr(socket, "create_connection", blocked)
+    return attempts
 
 
 def test_socket_guard_blocks_connections(no_network):
     with pytest.raises(OSError, match="network access blocked"):
         socket.create_connection(("127.0.0.1", 9), timeout=1)
+
+
+# ---- the whole app ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hostile_run(tiny, tmp_path_factory) -> dict:
+    """Participant + group in this process with every socket blocked, on a dataset whose folder name is
+    HTML and which holds one failed image (its error message, with the path, reaches the QC page)."""
+    base = tmp_path_factory.mktemp("hostile") / HOSTILE
+    bids = copy_dataset(tiny, base / "bids")
+    zero = nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4))
+    zero.to_filename(str(image_path(bids, "sub-02", "zero")))
+    out = base / "out"
+    attempts: list = []
+    mp = pytest.MonkeyPatch()
+
+    def blocked(*args, **kwargs):
+        attempts.append(repr(args[1:]))
+        raise OSError("network access blocked by the test")
+    for name in ("connect", "connect_ex", "sendto"):
+        mp.setattr(socket.socket, name, blocked)
+    mp.setattr(socket, "getaddrinfo", blocked)
+    mp.setattr(socket, "create_connection", blocked)
+    try:
+        part = cli.main([str(bids), str(out), "participant", *FAST])
+        desc = json.loads((out / "dataset_description.json").read_text())
+        desc["Name"] = "<script>alert('study')</script>"  # a user renaming the study
+        (out / "dataset_description.json").write_text(json.dumps(desc))
+        group = cli.main([str(bids), str(out), "group", "--skip_bids_validator"])
+    finally:
+        mp.undo()
+        drop_cli_log_handlers()
+    return {"bids": bids, "out": out, "participant": part, "group": group, "attempts": attempts}
+
+
+def test_no_network_at_run_time_in_process(hostile_run):
+    assert hostile_run["participant"] == 1  # the all-zero image failed, the others ran
+    assert hostile_run["group"] == 0
+    assert hostile_run["attempts"] == []
+    out = hostile_run["out"]
+    assert (out / "group" / "lesions.tsv").is_file() and (out / "qc" / "index.html").is_file()
+    assert len(list(out.glob("sub-*/anat/*_mask.nii.gz"))) == 2
+
+
+def test_no_network_at_run_time_network_namespace(tiny, tmp_path):
+    """The real run.py, input validation (deno) on, in a network namespace without any interface."""
+    probe = subprocess.run(["unshare", "-rn", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("no user/network namespaces here: covered by test_no_network_at_run_time_in_process")
+    out = tmp_path / "out"
+    env = {**os.environ, **ENV_1THREAD}
+    base = ["unshare", "-rn", sys.executable, str(RUN_PY), str(tiny), str(out)]
+    part = subprocess.run([*base, "participant", "--demo", "--omp-nthreads", "1"], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert part.returncode == 0, part.stderr[-2000:]
+    group = subprocess.run([*base, "group"], capture_output=True, text=True, env=env, timeout=300)
+    assert group.returncode == 0, group.stderr[-2000:]
+    assert "bids-validator-deno 0 errors" in group.stderr
+    assert (out / "qc" / "index.html").is_file()
+
+
+def test_html_escaping_in_qc_index(hostile_run):
+    html = (hostile_run["out"] / "qc" / "index.html").read_text()
+    assert HOSTILE not in html and "<script>alert" not in html
+    assert "&lt;script&gt;alert(&#39;study&#39;)&lt;/script&gt;" in html  # the title, as text
+    data = re.search(r'<script type="application/json" id="qc-data">(.*?)</script>', html, re.S)
+    assert data, "the QC data block is missing"
+    rows = json.loads(data.group(1))["rows"]
+    errors = [r["err"] for r in rows if r.get("err")]
+    assert any(HOSTILE in e for e in errors), errors  # the value survives intact, as data
+    assert "<" not in data.group(1)  # ...but no '<' inside the script block (\u003c)
+
+
+def _plant_code(folder: Path, marker: Path) -> None:
+    code = f"import os\nos.makedirs({str(marker)!r}, exist_ok=True)\n"
+    for where in (folder, *folder.glob("fold_*")):
+        for name in ("trainer_class.py", "nnUNetTrainerEvil.py", "__init__.py", "evil.py"):
+            (where / name).write_text(code)
+
+
+def test_no_code_from_model_folders_is_executed(tiny, tmp_path):
+    from bidsapp.engine.nnunet import NnUNetPredictor
+    from bidsapp.imaging import load_image
+
+    demo = Path(locate("lesion_ms", demo=True).path)
+    folder = tmp_path / "nnUNetTrainerEvil__nnUNetPlans__3d_fullres"
+    shutil.copytree(demo, folder)
+    marker = tmp_path / "code-ran"
+    _plant_code(folder, marker)
+    for ckpt in folder.glob("fold_*/checkpoint_*.pth"):  # our own demo files: trusted to rewrite
+        state = torch.load(str(ckpt), weights_only=False)
+        state["trainer_name"] = "nnUNetTrainerEvil"
+        torch.save(state, str(ckpt))
+    probs = NnUNetPredictor(NnUNetModel.load(folder), device="cpu").predict(
+        load_image(image_path(tiny, "sub-01", "sag")))
+    assert probs.shape[0] == 2 and np.isfinite(probs).all()
+    assert not marker.exists()
+    assert not any(m in sys.modules for m in ("trainer_class", "nnUNetTrainerEvil", "evil"))
+    assert str(folder) not in sys.path
+
+    plans = json.loads((folder / "plans.json").read_text())  # a plans file naming a class of its own
+    plans["configurations"]["3d_fullres"]["architecture"]["network_class_name"] = "evil.EvilNet"
+    (folder / "plans.json").write_text(json.dumps(plans))
+    sys.path.insert(0, str(folder))  # even importable, it must not be imported
+    try:
+        with pytest.raises(ModelError) as info:
+            NnUNetPredictor(NnUNetModel.load(folder), device="cpu")
+    finally:
+        sys.path.remove(str(folder))
+    assert "evil.EvilNet" in str(info.value)
+    assert not marker.exists() and "evil" not in sys.modules
+
+
+def test_symlinks_outside_bids_dir_are_read_never_written(tiny, tmp_path, capsys):
+    """Inputs that are symlinks to elsewhere (DataLad, users) are followed for reading; an output name
+    that is a symlink is replaced by a regular file; nothing outside output_dir changes."""
+    bids = copy_dataset(tiny, tmp_path / "bids")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    src = image_path(bids, "sub-02", "sag")
+    shutil.move(src, elsewhere / "real.nii.gz")
+    src.symlink_to(elsewhere / "real.nii.gz")
+    out = tmp_path / "out"
+    mask = out / "sub-02/anat/sub-02_acq-sag_label-lesion_desc-T2w_mask.nii.gz"
+    mask.parent.mkdir(parents=True)
+    (elsewhere / "victim.nii.gz").write_bytes(b"not yours")
+    mask.symlink_to(elsewhere / "victim.nii.gz")
+    before_bids, before_else = _tree_digest(bids), _tree_digest(elsewhere)
+    try:
+        code = cli.main([str(bids), str(out), "participant", *FAST])
+    finally:
+        drop_cli_log_handlers()
+    assert code == 0, capsys.readouterr().err
+    assert _tree_digest(bids) == before_bids and _tree_digest(elsewhere) == before_else
+    assert mask.is_file() and not mask.is_symlink()
+    assert nib.load(str(mask)).shape == nib.load(str(elsewhere / "real.nii.gz")).shape
+    assert scan_outputs(out)["temp"] == []
