@@ -164,7 +164,13 @@ def run_one(item: WorkItem, settings: Settings) -> JobResult:
     except Exception as exc:  # isolation: one bad image must not stop the others
         status = "failed"
         message = str(exc) if isinstance(exc, CordlesionError) else f"{job.source.path}: {exc!r}"
-        log.error("%s failed: %s\n%s", job.name, message, traceback.format_exc())
+        if isinstance(exc, CordlesionError):
+            # An expected refusal (bad image, model error): the console gets the one FAILED line of the
+            # progress report; the traceback goes to this image's log only.
+            capture.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s failed: %s\n%s",
+                                          (job.name, message, traceback.format_exc()), None))
+        else:  # a bug: show the traceback everywhere
+            log.error("%s failed: %s\n%s", job.name, message, traceback.format_exc())
         _write_qc(item, None, None, settings, start, error=message)
     finally:
         root.removeHandler(capture)
