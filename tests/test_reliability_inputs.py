@@ -58,6 +58,9 @@ def test_bad_images_among_good_ones(tiny, tmp_path, capsys):
     for path, reason in bad.items():
         lines = [line for line in failed_lines if path in line]
         assert len(lines) == 1 and reason in lines[0], (path, reason, lines)
+    assert "Traceback" not in err  # expected refusals: one line on the console...
+    logs = [p.read_text() for p in (out / "logs").rglob("*.log")]
+    assert sum("Traceback" in text for text in logs) == len(bad)  # ...the traceback in its own log
     for n in ("01", "02"):  # the good images still produced their outputs
         assert (out / MASK.format(n=n)).is_file()
         assert (out / MASK.format(n=n).replace(".nii.gz", ".json")).is_file()
