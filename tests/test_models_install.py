@@ -456,3 +456,10 @@ def test_list_flags_an_install_of_another_release(installed_ms, tmp_path, server
     assert main(["list", "--models-dir", str(base)]) == 0
     assert "lesion_ms          r20250909  other-rel" in capsys.readouterr().out
     assert models.locate("lesion_ms", models_dir=base).release == "r20250909"  # what is really installed
+
+
+def test_committed_demo_folder_installs_like_a_release(env):
+    demo = models.locate("spinalcord", demo=True)  # the DEMO engineer's committed trainer folder
+    assert main(["install", "spinalcord", "--from", str(demo.path), "--models-dir", str(env)]) == 0
+    loc = models.locate("spinalcord", models_dir=env)
+    assert loc.path.name == demo.path.name and loc.sha256 == demo.sha256 and loc.demo is False
