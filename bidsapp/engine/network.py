@@ -122,3 +122,22 @@ def random_state_dict(plans: dict, configuration: str, num_input_channels: int, 
     if hasattr(net, "initialize"):
         net.apply(net.initialize)
     return net.state_dict()
+
+
+def instance_norms_as_group_norms(net: nn.Module) -> nn.Module:
+    """Replace each InstanceNorm (no running stats) by the GroupNorm with one group per channel.
+
+    The two compute the same normalisation (mean and variance per sample and channel over space,
+    same eps and affine parameters, same state-dict keys), but PyTorch's CPU GroupNorm kernel is
+    fused and handles channels-last tensors natively, where InstanceNorm3d is markedly slower.
+    """
+    for module in list(net.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.modules.instancenorm._InstanceNorm) and not child.track_running_stats:
+                n = child.num_features
+                group = nn.GroupNorm(n, n, eps=child.eps, affine=child.affine)
+                if child.affine:
+                    group.weight.data.copy_(child.weight.data)
+                    group.bias.data.copy_(child.bias.data)
+                setattr(module, name, group)
+    return net

@@ -29,7 +29,7 @@ import torch
 from .. import orientation as ori
 from ..errors import ModelError
 from .modelfolder import NnUNetModel
-from .network import build_network
+from .network import build_network, instance_norms_as_group_norms
 from .preprocess import bbox_slices, insert_crop, nonzero_bbox, normalize
 from .resample import compute_new_shape, resample_to_shape
 from .sliding import sliding_window_logits, weight_sum
@@ -65,22 +65,29 @@ class NnUNetPredictor:
     """Built once per model / folds / device / TTA setting; ``predict`` many images."""
 
     def __init__(self, model: NnUNetModel, *, device: str | torch.device = "cpu", tta: bool = False,
-                 ensemble: str = "logits", batch_size: int = 1, tile_step: float = 0.5) -> None:
+                 ensemble: str = "logits", batch_size: int | None = None, tile_step: float = 0.5,
+                 channels_last: bool | None = None, fast_norm: bool = True) -> None:
         if ensemble not in ENSEMBLES:
             raise ValueError(f"ensemble must be one of {ENSEMBLES}, not {ensemble!r}")
         self.model = model
         self.device = resolve_device(device)
         self.tta = bool(tta)
         self.ensemble = ensemble
-        self.batch_size = max(1, int(batch_size))
         self.tile_step = float(tile_step)
         self.config = model.config
         self.orientation = str(model.dataset_json.get("image_orientation", "LPI"))
         ori.sct_to_axcodes(self.orientation)  # fail early on a bad dataset.json value
         self._data_kw = _resampling_kwargs(self.config, "data", 3)
         self._prob_kw = _resampling_kwargs(self.config, "probabilities", 1)
-        self.network = build_network(model.plans, model.configuration, model.num_input_channels,
-                                     model.num_classes).to(self.device)
+        network = build_network(model.plans, model.configuration, model.num_input_channels, model.num_classes)
+        # CPU levers measured in bench/RESULTS-engine.md, each checked against nnunetv2 in the parity
+        # tests: GroupNorm for InstanceNorm (same maths), channels-last 3D tensors, 2 tiles per pass
+        cpu = self.device.type == "cpu"
+        self.network = (instance_norms_as_group_norms(network) if fast_norm else network).to(self.device)
+        self.batch_size = max(1, int(batch_size if batch_size is not None else (2 if cpu else 1)))
+        self.channels_last = cpu if channels_last is None else bool(channels_last)
+        if self.channels_last:
+            self.network = self.network.to(memory_format=torch.channels_last_3d)
         self._loaded_fold: int | str | None = None
         self._load_fold(model.folds[0])
 
@@ -142,7 +149,7 @@ class NnUNetPredictor:
         return sliding_window_logits(self.network, data, self.config["patch_size"],
                                      self.model.num_classes, mirror_axes=self.mirror_axes,
                                      step=self.tile_step, batch_size=self.batch_size,
-                                     device=self.device, out=out)
+                                     device=self.device, channels_last=self.channels_last, out=out)
 
     def _to_probabilities(self, logits: torch.Tensor, shape: Sequence[int], spacing_from: Sequence[float],
                           spacing_to: Sequence[float]) -> np.ndarray:

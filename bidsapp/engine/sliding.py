@@ -75,7 +75,7 @@ def _forward(network: torch.nn.Module, x: torch.Tensor, mirror: list[tuple[int, 
 def sliding_window_logits(network: torch.nn.Module, data: torch.Tensor, patch: Sequence[int],
                           num_classes: int, *, mirror_axes: Sequence[int] | None = None,
                           step: float = 0.5, batch_size: int = 1, device: torch.device | str = "cpu",
-                          out: torch.Tensor | None = None) -> torch.Tensor:
+                          channels_last: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
     """Gaussian-weighted sum of tile logits for ``data`` (c, x, y, z), as nnU-Net accumulates them.
 
     Returns the UNNORMALISED sum (num_classes, x, y, z) float32 on the CPU, added into ``out`` if
@@ -93,11 +93,13 @@ def sliding_window_logits(network: torch.nn.Module, data: torch.Tensor, patch: S
     for i in range(0, len(slicers), batch_size):
         batch = slicers[i:i + batch_size]
         x = torch.stack([padded[(slice(None), *s)] for s in batch])
+        if channels_last:  # oneDNN's fast 3D convolutions want NDHWC (the network was converted too)
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         logits = _forward(network, x, mirror).float()
         logits *= g
         logits = logits.cpu()
         for j, s in enumerate(batch):
-            acc[(slice(None), *s)] += logits[j]
+            acc[(slice(None), *s)] += logits[j]  # in place: no image-sized temporaries
     acc = acc[(slice(None), *unpad)]
     if out is None:
         return acc
