@@ -6,17 +6,19 @@ the same inputs and models give byte-identical masks across runs and across --np
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-from reliability_data import ENV_1THREAD, RUN_PY, masks, reference_run, run_app, scan_outputs, tiny_bids
+import torch
+from reliability_data import ENV_1THREAD, drop_cli_log_handlers, masks, reference_run, scan_outputs, tiny_bids
 
-FAST = ["--demo", "--skip_bids_validator", "--omp-nthreads", "1"]
+from bidsapp import cli
+
+FAST = ["--demo", "--skip_bids_validator"]
 SUBJECT_SETS = [["01"], ["02"], ["01", "02"], ["02", "01"], ["01"], ["02"], ["01", "02"], ["sub-02"]]
 
 
@@ -25,17 +27,36 @@ def tiny(tmp_path_factory) -> Path:
     return tiny_bids(tmp_path_factory.mktemp("rel_concurrency") / "bids", n_subjects=2)
 
 
+def _participant(args: list[str]) -> None:
+    # A fork of this test process: a separate process running the app's code (run.py's main) without
+    # paying the torch/pybids imports 8 times; one torch thread, as DataLoader workers do.
+    torch.set_num_threads(1)
+    os.environ.update(ENV_1THREAD)
+    os._exit(cli.main(args))
+
+
+def _in_process(args: list[str]) -> int:
+    threads = torch.get_num_threads()
+    try:
+        return cli.main([str(a) for a in args])
+    finally:
+        torch.set_num_threads(threads)  # the runner set this process's torch threads
+        drop_cli_log_handlers()
+
+
 def test_eight_processes_on_one_output_dir(tiny, tmp_path, tmp_path_factory):
     ref = reference_run(tmp_path_factory, tiny)
     out = tmp_path / "out"
-    procs = [subprocess.Popen([sys.executable, str(RUN_PY), str(tiny), str(out), "participant", *FAST,
-                               "--nprocs", "1", "--participant_label", *labels],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, **ENV_1THREAD})
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_participant, args=([str(tiny), str(out), "participant", *FAST, "--nprocs",
+                                                     "1", "--omp-nthreads", "1", "--participant_label",
+                                                     *labels],))
              for labels in SUBJECT_SETS]
-    results = [(p, *p.communicate(timeout=300)) for p in procs]
-    for proc, _, err in results:
-        assert proc.returncode == 0, err[-2000:]
+    for proc in procs:  # all started before any is waited for: they overlap
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0] * len(procs)
     found = scan_outputs(out)  # every file loads / parses
     assert found["temp"] == [], found["temp"]
     assert masks(out) == ref.masks and masks(out, "*_probseg.nii.gz") == ref.probsegs
@@ -49,21 +70,20 @@ def test_eight_processes_on_one_output_dir(tiny, tmp_path, tmp_path_factory):
     assert produced == expected
 
 
-def test_byte_identical_across_runs_and_nprocs(tiny, tmp_path, tmp_path_factory):
-    ref = reference_run(tmp_path_factory, tiny)
-    again = run_app([tiny, tmp_path / "n2", "participant", *FAST, "--nprocs", "2"])
-    assert again.returncode == 0, again.stderr[-2000:]
+def test_byte_identical_across_runs_and_nprocs(tiny, tmp_path, tmp_path_factory, capsys):
+    ref = reference_run(tmp_path_factory, tiny)  # run.py, --nprocs 1
+    code = _in_process([tiny, tmp_path / "n2", "participant", *FAST, "--nprocs", "2", "--omp-nthreads", "1"])
+    assert code == 0, capsys.readouterr().err[-3000:]
     assert masks(tmp_path / "n2") == ref.masks
     assert masks(tmp_path / "n2", "*_probseg.nii.gz") == ref.probsegs
 
 
-def test_thread_count_changes_only_float_rounding(tiny, tmp_path, tmp_path_factory):
+def test_thread_count_changes_only_float_rounding(tiny, tmp_path, tmp_path_factory, capsys):
     """--omp-nthreads 2 vs 1: torch's CPU kernels sum in another order, so probabilities may differ in
     the last bits (documented: byte-identical needs the same --omp-nthreads); never more than 1e-4."""
     ref = reference_run(tmp_path_factory, tiny)
-    res = run_app([tiny, tmp_path / "t2", "participant", "--demo", "--skip_bids_validator", "--nprocs", "1",
-                   "--omp-nthreads", "2"])
-    assert res.returncode == 0, res.stderr[-2000:]
+    code = _in_process([tiny, tmp_path / "t2", "participant", *FAST, "--nprocs", "1", "--omp-nthreads", "2"])
+    assert code == 0, capsys.readouterr().err[-3000:]
     for rel in ref.probsegs:
         a = np.asarray(nib.load(str(ref.output_dir / rel)).dataobj)
         b = np.asarray(nib.load(str(tmp_path / "t2" / rel)).dataobj)
