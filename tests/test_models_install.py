@@ -146,6 +146,12 @@ def installed_ms(tmp_path_factory, server) -> tuple[Path, Path]:
     return tmp / "models", manifest
 
 
+def _edited(path: Path) -> None:
+    """An edit moves the mtime on; made explicit so that coarse filesystem clocks cannot hide it."""
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+
+
 def _copy_install(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, copy_function=shutil.copy2)  # copy2 keeps mtimes: as installed
     return dst
@@ -188,6 +194,7 @@ def test_one_changed_byte_fails_verify_and_locate(installed_ms, tmp_path, capsys
     data = bytearray(ckpt.read_bytes())
     data[len(data) // 2] ^= 0x01
     ckpt.write_bytes(bytes(data))
+    _edited(ckpt)
     with pytest.raises(ModelError) as err:
         models.locate("lesion_ms", models_dir=models_dir)
     msg = str(err.value)
@@ -390,6 +397,7 @@ def test_bids_app_run_refuses_a_changed_model(installed_ms, tmp_path, caplog, mo
     models_dir = _copy_install(base, tmp_path / "models")
     plans = models_dir / "lesion_ms" / TRAINER / "plans.json"
     plans.write_text(plans.read_text().replace('"batch_size": 2', '"batch_size": 3'))
+    _edited(plans)
     bids = tmp_path / "bids"
     (bids / "sub-01" / "anat").mkdir(parents=True)
     (bids / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.9.0"}')
