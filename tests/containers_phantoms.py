@@ -12,37 +12,38 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bidsapp.demo.phantom import make_anatomy, make_phantom
+from bidsapp.demo.phantom import Phantom, make_anatomy, make_phantom
 
 SMALL_FOV_MM = (28.0, 32.0, 40.0)
 # nibabel axis codes per image, so the runs also cover non-RAS grids
 ORIENTATIONS = (("R", "A", "S"), ("L", "P", "S"), ("A", "S", "L"), ("R", "S", "A"))
 
 
-def write_image(path: Path, contrast: str, *, seed: int, orientation=("R", "A", "S")) -> nib.Nifti1Image:
-    """One small phantom (with at least one lesion) saved at ``path``; returns the image."""
+def write_image(path: Path, contrast: str, *, seed: int, orientation=("R", "A", "S")) -> Phantom:
+    """One small phantom (with lesions) saved at ``path``; returns it (image and ground truth)."""
     rng = np.random.default_rng(seed)
     anatomy = make_anatomy(rng, n_lesions=2, z_range=(-12, 12))
     phantom = make_phantom(contrast, rng=rng, anatomy=anatomy, orientation=orientation,
                            voxel_size=(0.8, 0.8, 0.8), fov_mm=SMALL_FOV_MM, tilt_deg=0.0)
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(phantom.image, path)
-    return phantom.image
+    return phantom
 
 
-def write_small_bids(root: Path, n_subjects: int, *, seed: int) -> list[Path]:
-    """A BIDS dataset of ``n_subjects`` participants with one small T2w image each; returns the images."""
+def write_small_bids(root: Path, n_subjects: int, *, seed: int) -> dict[Path, nib.Nifti1Image]:
+    """A BIDS dataset of ``n_subjects`` participants with one small T2w image each; returns image path ->
+    ground-truth lesion mask (kept out of the dataset)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "dataset_description.json").write_text(json.dumps(
         {"Name": "small phantoms", "BIDSVersion": "1.10.0", "DatasetType": "raw"}) + "\n")
     (root / "README").write_text("Synthetic spinal cord phantoms (cordlesion tests).\n")
     labels = [f"{i + 1:02d}" for i in range(n_subjects)]
     (root / "participants.tsv").write_text("participant_id\n" + "".join(f"sub-{lab}\n" for lab in labels))
-    images = []
+    images = {}
     for i, label in enumerate(labels):
         path = root / f"sub-{label}" / "anat" / f"sub-{label}_T2w.nii.gz"
-        write_image(path, "T2w", seed=seed + i, orientation=ORIENTATIONS[i % len(ORIENTATIONS)])
+        phantom = write_image(path, "T2w", seed=seed + i, orientation=ORIENTATIONS[i % len(ORIENTATIONS)])
         path.with_name(path.name.replace(".nii.gz", ".json")).write_text(
             json.dumps({"MagneticFieldStrength": 3, "EchoTime": 0.1, "RepetitionTime": 2.0}) + "\n")
-        images.append(path)
+        images[path] = phantom.lesion
     return images
