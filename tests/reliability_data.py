@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from PIL import Image
 
 from bidsapp.demo.dataset import save_nifti
 from bidsapp.demo.phantom import make_phantom
@@ -105,11 +106,11 @@ def run_app(args: list[str], *, timeout: float = 120, env: dict | None = None,
 
 
 def scan_outputs(output_dir: Path) -> dict[str, list[str]]:
-    """Every visible output file: .nii.gz must load fully, .json must parse, .tsv/.html non-empty.
+    """Every visible output file: .nii.gz must load fully, .json must parse, .png must decode.
 
     Returns ``{"nifti": [...], "json": [...], "temp": [...hidden temporary files...]}`` (relative paths);
     raises AssertionError naming the first corrupt file."""
-    found: dict[str, list[str]] = {"nifti": [], "json": [], "temp": [], "other": []}
+    found: dict[str, list[str]] = {"nifti": [], "json": [], "png": [], "temp": [], "other": []}
     for path in sorted(output_dir.rglob("*")):
         if not path.is_file():
             continue
@@ -126,6 +127,13 @@ def scan_outputs(output_dir: Path) -> dict[str, list[str]]:
             except Exception as exc:
                 raise AssertionError(f"corrupt NIfTI under a final name: {rel} ({exc})") from exc
             found["nifti"].append(rel)
+        elif path.suffix == ".png":
+            try:
+                with Image.open(path) as png:
+                    png.verify()  # reads the whole file: a truncated PNG fails
+            except Exception as exc:
+                raise AssertionError(f"corrupt PNG under a final name: {rel} ({exc})") from exc
+            found["png"].append(rel)
         elif path.suffix == ".json":
             try:
                 json.loads(path.read_text())

@@ -94,6 +94,7 @@ def test_sigkill_at_random_points_then_rerun_completes(tiny, tmp_path, tmp_path_
     final = run_app([tiny, out, "participant", *FAST])  # the real run.py finishes the job
     assert final.returncode == 0, final.stderr[-2000:]
     found = scan_outputs(out)
+    assert found["png"] and found["json"]  # QC pictures and sidecars were scanned too
     assert masks(out) == ref.masks  # byte for byte what an uninterrupted run writes
     assert masks(out, "*_probseg.nii.gz") == ref.probsegs
     # a killed writer may leave its temporary file: hidden (dot name), never under a final name
