@@ -312,7 +312,8 @@ def segment_legacy(img: nib.Nifti1Image, *, task: str, model: OnnxModel | str | 
         "centerline": "spinalcord mask (centre of mass per axial slice)", "threshold": PATCH_THRESHOLD,
         "patch_mean": contrast_for(task).mean, "patch_std": contrast_for(task).std,
     }
-    provenance.update({f"model_{k}": v for k, v in onnx.metadata.items()})
+    if onnx.metadata:  # the demo files say what they are (the official ones carry none)
+        provenance["model_metadata"] = dict(onnx.metadata)
     log.info("legacy %s: %d lesion voxels", task, int(mask.sum()))
     return SegmentationResult(mask=like(img, mask, np.uint8), probseg=None,
                               cord=like(img, (np.asanyarray(cord.dataobj) > 0).astype(np.uint8), np.uint8),

@@ -2,6 +2,11 @@
 
     python -m bidsapp.segment -i IMAGE -t TASK_OR_MODEL_FOLDER -o MASK [--soft PROBMAP] [--tta]
         [--folds K ...] [--device auto|cpu|cuda] [--demo] [--models-dir DIR]
+    python -m bidsapp.segment -i t2.nii.gz -c t2|t2_ax|t2s [-ofolder DIR] [-r 0] [-qc DIR]
+
+Without ``-o`` the mask goes next to the input (or into ``-ofolder``) under SCT's names:
+``<name>_lesionseg.nii.gz`` for the legacy models (``sct_deepseg_lesion``), ``<name>_lesion_seg.nii.gz``
+for the lesion tasks and ``<name>_seg.nii.gz`` for ``spinalcord`` (SCT 7 ``sct_deepseg``).
 
 Exit codes: 0 success, 64 usage error, 65 unusable input image, 66 missing input, 1 any other failure
 (model missing or broken, output not writable, ...). Errors are one line on stderr.
@@ -50,11 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m bidsapp.segment",
                 description="Segment one NIfTI image with an SCT lesion/cord model (nnU-Net v2, run by us).")
     p.add_argument("-i", "--input", required=True, type=Path, metavar="IMAGE", help="input NIfTI image")
-    p.add_argument("-t", "--task", required=True, metavar="TASK_OR_MODEL_FOLDER",
-                   help="lesion_ms, lesion_ms_mp2rage, spinalcord, an SCT alias (seg_ms_lesion, "
-                        "seg_ms_lesion_mp2rage, seg_sc_contrast_agnostic), or an nnU-Net v2 model folder")
-    p.add_argument("-o", "--output", required=True, type=_nifti_path, metavar="MASK",
-                   help="output mask (uint8 0/1, input grid)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("-t", "--task", metavar="TASK_OR_MODEL_FOLDER",
+                      help="lesion_ms, lesion_ms_mp2rage, spinalcord, an SCT alias (seg_ms_lesion, "
+                           "seg_ms_lesion_mp2rage, seg_sc_contrast_agnostic), or an nnU-Net v2 model folder")
+    what.add_argument("-c", "--contrast", choices=LEGACY_CONTRASTS,
+                      help="legacy sct_deepseg_lesion model, as its -c: t2 (sagittal T2w), "
+                           "t2_ax (axial T2w), t2s (T2*w)")
+    p.add_argument("-o", "--output", type=_nifti_path, metavar="MASK",
+                   help="output mask (uint8 0/1, input grid); default: SCT's name next to the input")
+    p.add_argument("-ofolder", "--ofolder", type=Path, metavar="DIR",
+                   help="folder for the default output names (default: the input's folder)")
+    p.add_argument("--keep-intermediate", action="store_true",
+                   help="also write the cord mask a task used (<name>_seg.nii.gz): the legacy centreline")
+    p.add_argument("-r", type=int, choices=(0, 1), default=1,
+                   help="SCT's 'remove temporary files': -r 0 is --keep-intermediate")
+    p.add_argument("-qc", "--qc", type=Path, metavar="DIR", help="write QC pictures (PNG) into DIR")
     p.add_argument("--soft", type=_nifti_path, metavar="PROBMAP",
                    help="also write the probability map (float32 in [0, 1])")
     p.add_argument("--cord", type=_nifti_path, metavar="CORDMASK",
@@ -70,6 +86,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+LEGACY_CONTRASTS = ("t2", "t2_ax", "t2s")
+# SCT's default output suffixes: sct_deepseg_lesion (legacy) and sct_deepseg (SCT 7)
+_DEFAULT_SUFFIX = {"lesion_ms": "_lesion_seg", "lesion_ms_mp2rage": "_lesion_seg", "spinalcord": "_seg",
+                   **{t: "_lesionseg" for t in LEGACY_CONTRASTS}}
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    return name[:-len(".nii.gz")] if name.endswith(".nii.gz") else name.rsplit(".", 1)[0]
+
+
+def fill_defaults(args: argparse.Namespace) -> None:
+    """Resolve ``-c``/``-t`` into ``args.task_name`` and ``args.models``; default output paths (SCT names)."""
+    if args.contrast:
+        args.task_name, args.models = args.contrast, None
+    else:
+        args.task_name, args.models = resolve_task(args.task)
+    folder = args.ofolder if args.ofolder is not None else args.input.parent
+    if args.output is None:
+        if args.task_name not in _DEFAULT_SUFFIX:
+            raise _Usage("-o is required with a model folder")
+        args.output = folder / f"{_stem(args.input)}{_DEFAULT_SUFFIX[args.task_name]}.nii.gz"
+    if (args.keep_intermediate or args.r == 0) and args.cord is None and args.task_name != "spinalcord":
+        args.cord = folder / f"{_stem(args.input)}_seg.nii.gz"
 
 
 def resolve_task(value: str) -> tuple[str, dict | None]:
@@ -115,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    task, models = resolve_task(args.task)
+    task, models = args.task_name, args.models
     img = load_image(args.input)
     result = pipelines.segment(img, task=task, models=models, device=args.device, tta=args.tta,
                                folds=args.folds, ensemble=args.ensemble, models_dir=args.models_dir,
@@ -125,10 +167,22 @@ def run(args: argparse.Namespace) -> int:
         atomic_save_nifti(result.probseg, args.soft)
     if args.cord is not None and result.cord is not None:
         atomic_save_nifti(result.cord, args.cord)
+    if args.qc is not None:
+        _write_qc(args.qc, args.input, task, img, result)
     prov = result.provenance
     log.info("%s: %d voxels in the mask (%s, %.1f s)", args.output, int(result.mask.dataobj[...].sum()),
              prov.get("task"), prov.get("runtime_s", 0.0))
     return 0
+
+
+def _write_qc(folder: Path, source: Path, task: str, img, result) -> None:
+    """QC pictures of the image and its mask: ``<name>_<task>_<view>.png`` in ``folder``."""
+    from .derivatives import atomic_write_bytes
+    from .qc import render_image_qc
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for view, png in render_image_qc(img, result.mask, result.cord).items():
+        atomic_write_bytes(folder / f"{_stem(source)}_{task}_{view}.png", png)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: error: {args.input}: no such file", file=sys.stderr)
         return EX_NOINPUT
     try:
+        fill_defaults(args)
+        if args.ofolder is not None:  # SCT creates -ofolder
+            args.ofolder.mkdir(parents=True, exist_ok=True)
         _check_paths(args)
         return run(args)
     except _Missing as exc:

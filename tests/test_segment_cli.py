@@ -121,6 +121,5 @@ def test_aliases_and_parser_is_extendable():
     assert segment.resolve_task("seg_ms_lesion")[0] == "lesion_ms"
     assert segment.resolve_task("seg_sc_contrast_agnostic")[0] == "spinalcord"
     assert segment.resolve_task("seg_ms_lesion_mp2rage")[0] == "lesion_ms_mp2rage"
-    parser = segment.build_parser()
-    parser.add_argument("-c", choices=["t2", "t2_ax", "t2s"])
-    assert parser.parse_args(["-i", "a.nii", "-t", "lesion_ms", "-o", "b.nii", "-c", "t2"]).c == "t2"
+    parser = segment.build_parser()  # the legacy models' -c (sct_deepseg_lesion), see test_legacy_cli.py
+    assert parser.parse_args(["-i", "a.nii", "-c", "t2", "-o", "b.nii"]).contrast == "t2"
