@@ -221,7 +221,7 @@ def make_checkpoint(state_dict: Mapping[str, torch.Tensor], *, plans: dict, data
         "epoch_end_timestamps": [1.0] * epochs,
     }
     return {
-        "network_weights": {k: v.detach().cpu().clone() for k, v in state_dict.items()},
+        "network_weights": _clone_shared(state_dict),
         "optimizer_state": optimizer_state,
         "grad_scaler_state": None,
         "logging": logging,
@@ -233,6 +233,21 @@ def make_checkpoint(state_dict: Mapping[str, torch.Tensor], *, plans: dict, data
         "trainer_name": trainer,
         "inference_allowed_mirroring_axes": tuple(mirroring_axes) if mirroring_axes is not None else None,
     }
+
+
+def _clone_shared(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU copies that keep tensors shared between keys shared (ResidualEncoderUNet lists every
+    encoder weight again under ``decoder.encoder.`` and ``all_modules``), so ``torch.save`` stores
+    each once, as nnU-Net's own checkpoints do; cloning key by key would triple the file."""
+    clones: dict[tuple, torch.Tensor] = {}
+    out = {}
+    for key, value in state_dict.items():
+        ident = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape),
+                 tuple(value.stride()), value.dtype, value.device)
+        if ident not in clones:
+            clones[ident] = value.detach().cpu().clone()
+        out[key] = clones[ident]
+    return out
 
 
 def _write_atomic(path: Path, write) -> None:
