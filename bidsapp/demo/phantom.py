@@ -328,8 +328,9 @@ def _tissue_intensities(
 ) -> np.ndarray:
     base = np.array(CONTRASTS[contrast]["tissue"], dtype=np.float32)
     tissue = base * rng.uniform(1 - jitter, 1 + jitter, size=N_TISSUES).astype(np.float32)
-    if lesion_contrast is not None:  # lesion intensity relative to white matter
-        tissue[LESION] = tissue[WM] * lesion_contrast
+    if lesion_contrast is not None:  # relative to the brighter (T2) or darker (T1) of white and grey matter
+        cord = (tissue[WM], tissue[GM])
+        tissue[LESION] = (max(cord) if lesion_contrast > 1 else min(cord)) * lesion_contrast
     return tissue * CONTRASTS[contrast]["scale"]
 
 
@@ -355,9 +356,10 @@ def make_phantom(
     ``fov_mm``: R-L, A-P, S-I extents; ``centre``: RAS mm of the grid centre (default: near the cord,
     random offset of a few mm); ``tilt_deg``: obliquity about R-L (default random +-8 degrees);
     ``noise``: Rician sigma relative to the contrast's scale (default 1-3 %); ``bias``: strength of the
-    bias field (default 0.1-0.25); ``lesion_contrast``: lesion/white-matter intensity ratio (default:
-    the contrast's table). Integer ``dtype`` images are rounded and clipped as scanners store them.
-    qform and sform both get code 1 (scanner), as dcm2niix writes them.
+    bias field (default 0.1-0.25); ``lesion_contrast``: lesion intensity relative to the
+    brighter (ratio > 1) or darker (ratio < 1) of white and grey matter (default: the contrast's
+    table). Integer ``dtype`` images are rounded and clipped as scanners store them. qform and sform
+    both get code 1 (scanner), as dcm2niix writes them.
     """
     if contrast not in CONTRASTS:
         raise ValueError(f"unknown contrast {contrast!r}; expected one of {sorted(CONTRASTS)}")

@@ -92,6 +92,7 @@ TASKS = {
         (16, 40, 40),
         seed=2002,
         features=6,
+        iterations=1500,
     ),
     "lesion_ms_mp2rage": DemoTask(
         "lesion_ms_mp2rage",
@@ -108,6 +109,7 @@ TASKS = {
         features=6,
         crop_to_cord=True,
         fold=3,
+        iterations=2000,
     ),
 }
 #: validation volumes per task (seeds [task.seed + 500, i]); tests use yet other seeds
@@ -258,8 +260,8 @@ def train_task(
         trainer=task.trainer,
     )
     record = {
-        "purpose": "DEMO model trained on synthetic phantoms: for trying the app and for tests, NOT for research",
-        "command": f"python -m bidsapp.demo.train --tasks {task.name}",
+        "purpose": PURPOSE,
+        "command": _command(task),
         "task": task.name,
         "network": task.network,
         "contrasts": list(task.contrasts),
@@ -290,6 +292,20 @@ def train_task(
     write_json(folder / "demo_training.json", record)
     log.info("%s: written to %s (validation Dice %s)", task.name, folder, record["validation_dice_mean"])
     return folder
+
+
+PURPOSE = "DEMO model trained on synthetic phantoms: for trying the app and for tests, NOT for research"
+
+
+def _command(task: DemoTask) -> str:
+    """The command that retrains exactly this model."""
+    default = TASKS[task.name]
+    command = f"python -m bidsapp.demo.train --tasks {task.name}"
+    if task.iterations != default.iterations:
+        command += f" --iterations {task.iterations}"
+    if task.volumes != default.volumes:
+        command += f" --volumes {task.volumes}"
+    return command
 
 
 def build_parser() -> argparse.ArgumentParser:

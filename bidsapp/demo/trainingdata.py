@@ -29,8 +29,9 @@ class Volume:
     target: np.ndarray
 
 
-#: lesion/white-matter intensity ratio drawn per image: subtle to obvious lesions
-LESION_CONTRAST = {"T2w": (1.3, 2.2), "T2starw": (1.3, 2.2), "UNIT1": (0.45, 0.82)}
+#: lesion intensity relative to the brighter (T2) or darker (UNIT1) cord tissue, drawn per image:
+#: subtle to obvious lesions, never confusable with grey matter
+LESION_CONTRAST = {"T2w": (1.25, 2.0), "T2starw": (1.25, 2.0), "UNIT1": (0.5, 0.85)}
 
 
 def random_phantom(rng: np.random.Generator, contrast: str, *, lesions: bool):
@@ -61,7 +62,7 @@ def random_phantom(rng: np.random.Generator, contrast: str, *, lesions: bool):
         noise=rng.uniform(0.005, 0.05),
         bias=rng.uniform(0.0, 0.35),
         intensity_jitter=0.2,
-        lesion_contrast=rng.uniform(*LESION_CONTRAST.get(contrast, (1.3, 2.2))),
+        lesion_contrast=rng.uniform(*LESION_CONTRAST.get(contrast, (1.25, 2.0))),
         dtype=np.int16 if rng.random() < 0.7 else np.float32,
     )
 
