@@ -1,0 +1,246 @@
+"""Our nnU-Net engine vs nnunetv2's nnUNetPredictor: same checkpoint, same image, CPU, fixed threads.
+
+    .venv/bin/python bench/engine_vs_nnunet.py [--reps 3] [--threads 2] [--networks resenc plain]
+        [--spacing 3.0 2.8 2.8] [--patch 32 64 64] [--folds 1] [--with-baseline]
+        [--out bench/engine_vs_nnunet.json]
+
+Builds throw-away model folders (random He-initialised weights, last layer sharpened so the lesion
+class wins in a sizeable region): a ResEnc-L-like ``ResidualEncoderUNet`` (nnUNetPlannerResEncL:
+features 32..320, 1-3-4-6-6-6 blocks) and a ``PlainConvUNet`` (default planner: 2 convs per stage),
+with the given plans spacing and patch. The image is a 320x320x60 phantom at 0.7x0.7x3 mm, which
+both engines resample to the plans spacing. Each engine runs in its own process, loaded once and
+warmed up; the timed repetitions of the whole path (image array in, probabilities on the input grid
+out, TTA off) ALTERNATE between the engines, so load from other jobs on a shared machine hits both
+alike. Reported per engine: wall and process-CPU seconds (min / median / max), peak RSS (VmHWM of
+the worker), and the agreement of the outputs (Dice of p(lesion) > 0.5, mean |p diff|).
+``--with-baseline`` adds our engine with its CPU levers off (InstanceNorm, NCDHW, 1 tile per pass).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPE, ZOOMS = (320, 320, 60), (0.7, 0.7, 3.0)
+MARK = "@@bench "
+
+
+# ---- setup ------------------------------------------------------------------------------------------
+def phantom(seed: int = 0):
+    """320x320x60 RAS image at 0.7x0.7x3 mm: a zero border, a body, a cord-like tube, blobs, noise."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, s, dtype=np.float32) for s in SHAPE], indexing="ij")
+    data = 200 + 150 * np.exp(-(x ** 2 + y ** 2) / 0.4)
+    data += 400 * np.exp(-((x - 0.05) ** 2 + (y + 0.1) ** 2) / 0.005)
+    for c in ([0.2, -0.3, 0.1], [-0.3, 0.2, -0.4], [0.05, -0.1, 0.5]):
+        data += 300 * np.exp(-((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) / 0.01)
+    data += rng.normal(0, 10, SHAPE).astype(np.float32)
+    data[:12], data[-12:] = 0, 0
+    aff = np.diag([*ZOOMS, 1.0])
+    aff[:3, 3] = [-112.0, -112.0, -90.0]
+    img = nib.Nifti1Image(data.astype(np.float32), aff)
+    img.set_qform(aff, 1)
+    img.set_sform(aff, 1)
+    return img
+
+
+def _sharpen(state: dict, plans: dict, patch) -> dict:
+    """Scale the last layer so logits are decisive; bias at the median so ~half the tile is lesion."""
+    import torch
+
+    from bidsapp.engine.network import build_network
+
+    net = build_network(plans, "3d_fullres", 1, 2)
+    net.load_state_dict(state)
+    w = [k for k in state if k.startswith("decoder.seg_layers") and k.endswith("weight")][-1]
+    x = torch.from_numpy(np.asarray(phantom().dataobj).transpose(2, 1, 0)[None, None].copy())
+    x = (x - x.mean()) / x.std()
+    z0, y0 = max(0, (x.shape[2] - patch[0]) // 2), (x.shape[3] - patch[1]) // 2
+    tile = x[:, :, z0:z0 + patch[0], y0:y0 + patch[1], y0:y0 + patch[2]]
+    with torch.inference_mode():
+        diff = (lambda o: o[0, 1] - o[0, 0])(net(tile)).flatten()
+    scale = 8.0 / float(diff.std() + 1e-6)
+    state = {k: v.clone() for k, v in state.items()}
+    state[w] *= scale
+    b = w[: -len("weight")] + "bias"
+    state[b] *= scale
+    shift = float(torch.quantile(diff[:: max(1, diff.numel() // 100000)] * scale, 0.6))
+    state[b][1] -= shift / 2
+    state[b][0] += shift / 2
+    return state
+
+
+def build_models(dest: Path, spacing, patch, folds: int, networks) -> dict[str, Path]:
+    from bidsapp.demo.modelfolder import make_dataset_json, make_plans, random_state_dict, write_model_folder
+
+    out = {}
+    for key, network in (("resenc", "ResidualEncoderUNet"), ("plain", "PlainConvUNet")):
+        if key not in networks:
+            continue
+        plans = make_plans(network=network, patch_size=patch, spacing=spacing, base_features=32,
+                           max_features=320)
+        ds = make_dataset_json({"background": 0, "lesion": 1}, ["T2w"], "LPI")
+        states = {f: _sharpen(random_state_dict(plans, "3d_fullres", 1, 2, seed=f), plans,
+                              plans["configurations"]["3d_fullres"]["patch_size"]) for f in range(folds)}
+        out[key] = write_model_folder(dest / key, plans=plans, dataset_json=ds, fold_state_dicts=states)
+    return out
+
+
+# ---- workers (one process per engine) ---------------------------------------------------------------
+def _ours(folder: Path, args):
+    from bidsapp.engine import NnUNetModel, NnUNetPredictor
+
+    kw = {} if not args.baseline else {"batch_size": 1, "channels_last": False, "fast_norm": False}
+    pred = NnUNetPredictor(NnUNetModel.load(folder), device="cpu", **kw)
+    return pred.predict
+
+
+def _nnunet(folder: Path, args):
+    sys.path.insert(0, str(ROOT / "tests"))
+    from engine_models import oracle_predictor, oracle_probabilities
+
+    pred = oracle_predictor(folder, tta=False)
+    return lambda image: oracle_probabilities(pred, image)
+
+
+def _peak_rss_mb() -> float:
+    """VmHWM of this process (ru_maxrss would include the parent's peak, inherited over fork+exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(args) -> None:
+    """Load, warm up, then one timed prediction per line read on stdin; JSON lines on stdout."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    img = phantom()
+    predict = {"ours": _ours, "nnunet": _nnunet}[args.worker](Path(args.folder), args)
+    probs = predict(img)  # warm-up (first-call allocations, oneDNN primitive cache)
+    print(MARK + json.dumps({"ready": True, "rss_mb": _peak_rss_mb()}), flush=True)
+    for _ in sys.stdin:
+        wall, cpu = time.perf_counter(), time.process_time()
+        probs = predict(img)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        print(MARK + json.dumps({"wall_s": wall, "cpu_s": cpu, "rss_mb": _peak_rss_mb()}), flush=True)
+    np.save(args.save, probs[1].astype(np.float32))
+
+
+# ---- driver -----------------------------------------------------------------------------------------
+def _start(engine: str, folder: Path, save: Path, args, baseline: bool = False) -> subprocess.Popen:
+    cmd = [sys.executable, __file__, "--worker", engine, "--folder", str(folder), "--save", str(save),
+           "--threads", str(args.threads)] + (["--baseline"] if baseline else [])
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+           "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+
+def _ask(proc: subprocess.Popen, line: str | None) -> dict:
+    if line is not None:
+        proc.stdin.write(line)
+        proc.stdin.flush()
+    while True:  # nnunetv2 prints its own chatter on stdout: skip to our marked line
+        out = proc.stdout.readline()
+        if not out:
+            raise SystemExit(f"worker {proc.args[3]} died (exit {proc.wait()})")
+        if out.startswith(MARK):
+            return json.loads(out[len(MARK):])
+
+
+def run_interleaved(folder: Path, tmp: Path, name: str, args) -> dict[str, dict]:
+    """Both engines loaded side by side; repetitions alternate so load from other jobs hits both."""
+    engines = {"ours": (False,), "nnunet": (False,)}
+    if args.with_baseline:
+        engines["ours_no_levers"] = (True,)
+    procs = {e: _start(e.split("_")[0] if e != "nnunet" else e, folder, tmp / f"{name}_{e}.npy", args, *opt)
+             for e, opt in engines.items()}
+    runs = {e: {"load": _ask(p, None), "reps": []} for e, p in procs.items()}
+    for _ in range(args.reps):
+        for e, p in procs.items():
+            runs[e]["reps"].append(_ask(p, "go\n"))
+    for p in procs.values():
+        p.stdin.close()
+        if p.wait() != 0:
+            raise SystemExit(f"worker {p.args[3]} failed")
+    return runs
+
+
+def summarise(name: str, runs: dict, probs: dict) -> dict:
+    def stats(key: str, reps: list) -> dict:
+        v = [r[key] for r in reps]
+        return {"min": round(min(v), 2), "median": round(statistics.median(v), 2), "max": round(max(v), 2)}
+
+    out = {"network": name}
+    for e, r in runs.items():
+        out[e] = {"wall_s": stats("wall_s", r["reps"]), "cpu_s": stats("cpu_s", r["reps"]),
+                  "peak_rss_mb": round(max(x["rss_mb"] for x in r["reps"]))}
+    a, b = probs["ours"] > 0.5, probs["nnunet"] > 0.5
+    out["speedup_wall_median"] = round(out["nnunet"]["wall_s"]["median"] / out["ours"]["wall_s"]["median"], 2)
+    out["speedup_cpu_median"] = round(out["nnunet"]["cpu_s"]["median"] / out["ours"]["cpu_s"]["median"], 2)
+    out["dice"] = round(float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1)), 5)
+    out["mean_abs_prob_diff"] = float(np.abs(probs["ours"] - probs["nnunet"]).mean())
+    out["lesion_fraction"] = round(float(b.mean()), 3)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--with-baseline", action="store_true", help="also time our engine without the CPU levers")
+    p.add_argument("--networks", nargs="+", default=["resenc", "plain"], choices=["resenc", "plain"])
+    p.add_argument("--spacing", nargs=3, type=float, default=[3.0, 2.8, 2.8],
+                   help="plans spacing, nnU-Net order [z, y, x] (image is 0.7x0.7x3 mm)")
+    p.add_argument("--patch", nargs=3, type=int, default=[32, 64, 64])
+    p.add_argument("--folds", type=int, default=1)
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "engine_vs_nnunet.json")
+    p.add_argument("--worker", choices=["ours", "nnunet"], help=argparse.SUPPRESS)
+    p.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--folder", help=argparse.SUPPRESS)
+    p.add_argument("--save", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+    sys.path.insert(0, str(ROOT))
+    results = {"command": " ".join(["python", *sys.argv]), "image": {"shape": SHAPE, "zooms_mm": ZOOMS},
+               "plans_spacing": args.spacing, "patch": args.patch, "threads": args.threads,
+               "reps": args.reps, "folds": args.folds, "cpu": _cpu(), "results": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = build_models(Path(tmp), args.spacing, args.patch, args.folds, args.networks)
+        for name in args.networks:
+            runs = run_interleaved(folders[name], Path(tmp), name, args)
+            probs = {e: np.load(Path(tmp) / f"{name}_{e}.npy") for e in ("ours", "nnunet")}
+            res = summarise(name, runs, probs)
+            results["results"].append(res)
+            print(json.dumps(res), flush=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} CPUs)"
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
