@@ -266,3 +266,30 @@ def test_page_lists_every_image_rates_and_exports(browser, big_out, tmp_path):
     page.screenshot(path=str(tmp_path / "index.png"), full_page=False)
     context.close()
     assert problems == []
+
+
+# ------------------------------------------------------------------------- on the real participant run
+def test_group_level_on_the_participant_run(participant_run, phantom_bids, tmp_path):
+    """`run.py bids_dir output_dir group` on the shared participant-level run (copied: it is read-only):
+    one row per job, counts and volumes equal to those recomputed from the written masks."""
+    from bidsapp.cli import main
+
+    out = tmp_path / "out"
+    shutil.copytree(participant_run, out)
+    assert main([str(phantom_bids), str(out), "group", "--skip_bids_validator"]) == 0
+    rows = _tsv(out)
+    records = [json.loads(p.read_text()) for p in out.glob("sub-*/figures/*_qc.json")]
+    masks = sorted(out.glob("sub-*/**/anat/*_label-lesion_*_mask.nii.gz"))
+    assert len(rows) == len(records) and len(masks) > 0
+    by_mask = {r["outputs"].get("mask"): r for r in records if r["status"] == "ok"}
+    assert {m.relative_to(out).as_posix() for m in masks} <= set(by_mask)   # every lesion mask has a record
+    rows_by_source = {(r["source"], r["task"]): r for r in rows}
+    for mask in masks:
+        rec = by_mask[mask.relative_to(out).as_posix()]
+        n, total, largest = _truth(nib.load(mask))
+        row = rows_by_source[(rec["source"], rec["task"])]
+        assert int(row["lesion_count"]) == n
+        assert float(row["total_lesion_volume_mm3"]) == pytest.approx(total, abs=2e-3)
+        assert float(row["largest_lesion_mm3"]) == pytest.approx(largest, abs=2e-3)
+        assert all((out / rec["figures"][v]).is_file() for v in ("axialoverlay", "sagittaloverlay", "thumb"))
+    assert len(_embedded(out)["rows"]) == len(records)
