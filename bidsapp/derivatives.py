@@ -297,16 +297,19 @@ def _write_segmentation(output_dir: Path, outputs: Mapping[str, str], *, mask: n
     for key, img in images:
         if img is not None:
             atomic_save_nifti(img, output_dir / outputs[key])
+    # BIDS mask types: Brain, Lesion, Face, ROI (the cord is an ROI)
+    mask_type = "ROI" if "_label-SC_" in outputs["mask"] else "Lesion"
     if probseg is not None:
         atomic_write_json(output_dir / outputs["probseg_json"],
-                          sidecar(source_uri=source_uri, description=f"{description} (probability)",
-                                  provenance=prov))
+                          {**sidecar(source_uri=source_uri, description=f"{description} (probability)",
+                                     provenance=prov), "Type": mask_type})
     if cord is not None:
         cord_sidecar = sidecar(source_uri=source_uri, provenance=prov,
                                description="Spinal cord mask used to crop the image before lesions")
-        cord_sidecar["Type"] = "ROI"  # BIDS mask types: Brain, Lesion, Face, ROI
+        cord_sidecar["Type"] = "ROI"
         atomic_write_json(output_dir / outputs["cord_json"], cord_sidecar)
     atomic_write_json(output_dir / outputs["mask_json"],
-                      sidecar(source_uri=source_uri, description=description, provenance=prov))
+                      {**sidecar(source_uri=source_uri, description=description, provenance=prov),
+                       "Type": mask_type})
     return [*written, *(outputs[k] for k in ("probseg_json", "cord_json") if k in outputs
                         and (probseg if k == "probseg_json" else cord) is not None), outputs["mask_json"]]
