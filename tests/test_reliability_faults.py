@@ -85,7 +85,8 @@ def test_sigkill_at_random_points_then_rerun_completes(tiny, tmp_path, tmp_path_
         if event.wait(timeout=60):
             time.sleep(rng.uniform(0.0, ref.work_seconds))
         if child.exitcode is None:
-            child.kill()  # SIGKILL
+            # SIGKILL, and every third time SIGTERM (what schedulers send first: also not caught)
+            os.kill(child.pid, signal.SIGTERM if kills % 3 == 2 else signal.SIGKILL)
             kills += 1
         child.join()
         if out.exists():
