@@ -4,7 +4,12 @@
 ``img``. Tasks:
 
 - ``lesion_ms``: the contrast-agnostic lesion model; mask = voxels where the lesion class wins,
-  probseg = p(lesion);
+  probseg = p(lesion). With ``crop=True`` (opt-in: ``LESION_MS_CROP_DEFAULT`` is False because
+  the masks did not agree with the full image's on phantoms, see bench/RESULTS-crop.md)
+  ``spinalcord`` runs first and the lesion model sees only a box around the cord
+  (``LESION_CROP_MARGIN_MM`` in-plane, the cord's extent plus ``LESION_CROP_SI_MM`` along S-I);
+  the mask is put back on the full grid (zeros outside) and the cord mask is returned too; no cord
+  found falls back to the whole image with a warning;
 - ``spinalcord``: the contrast-agnostic cord model; mask = cord class wins, probseg = p(cord);
 - ``lesion_ms_mp2rage``: ``spinalcord`` first, crop around the cord (dilated 30 mm in-plane and 5
   slices along the axis closest to S-I, as SCT's documentation asks), the MP2RAGE model on the
@@ -48,6 +53,13 @@ TASK_MODELS: dict[str, tuple[str, ...]] = {
 }
 CROP_MARGIN_MM = 30.0      # in-plane dilation of the cord box before the MP2RAGE model
 CROP_MARGIN_SLICES = 5     # along the cord (the array axis closest to S-I)
+# lesion_ms cord crop (a speed lever, not a model requirement): margins chosen by measurement in
+# bench/lesion_ms_crop.py (agreement with the full image on phantoms; SCT master pads ~30 mm in-plane)
+LESION_CROP_MARGIN_MM = 30.0   # in-plane, around the cord's bounding box
+LESION_CROP_SI_MM = 15.0       # along S-I, beyond the cord's extent
+# Off: on phantoms the cropped masks agreed with the full image's at Dice 0.71-0.74 only (< 0.99),
+# because nnU-Net's z-score statistics change with the crop (bench/RESULTS-crop.md)
+LESION_MS_CROP_DEFAULT = False
 _CLASS_HINTS = {"lesion_ms": ("lesion",), "lesion_ms_mp2rage": ("lesion",), "spinalcord": ("cord", "sc")}
 
 
@@ -70,6 +82,14 @@ def _resolve(name: str, models: Mapping[str, Any] | None, models_dir: str | Path
     from . import models as registry  # the registry is only needed when something is not given
 
     return registry.locate(name, models_dir=models_dir, demo=demo)
+
+
+def task_models(task: str, *, crop: bool | None = None) -> tuple[str, ...]:
+    """The models a task runs, in order: ``lesion_ms`` needs ``spinalcord`` only when it crops
+    (``crop=None``: ``LESION_MS_CROP_DEFAULT``)."""
+    if task == "lesion_ms" and (LESION_MS_CROP_DEFAULT if crop is None else crop):
+        return ("spinalcord", "lesion_ms")
+    return TASK_MODELS.get(task, (task,))
 
 
 def _identity(located: Any) -> dict[str, Any]:
@@ -173,6 +193,46 @@ def _mp2rage(img: nib.Nifti1Image, models: Any, settings: dict) -> tuple[np.ndar
     return mask, prob, cord
 
 
+def _lesion_crop_box(cord: np.ndarray, affine: np.ndarray) -> tuple[slice, ...] | None:
+    si = _si_axis(affine)
+    slices = int(math.ceil(LESION_CROP_SI_MM / float(voxel_sizes(affine)[si])))
+    return cord_crop_box(cord, affine, margin_mm=LESION_CROP_MARGIN_MM, margin_slices=slices)
+
+
+def touches_box(mask: np.ndarray, box: tuple[slice, ...], shape: Sequence[int]) -> bool:
+    """Whether ``mask`` (the crop's array) reaches a face of ``box`` that is not the image border,
+    i.e. a lesion may continue outside the crop."""
+    for axis, s in enumerate(box):
+        lo = np.take(mask, 0, axis=axis).any() and s.start > 0
+        hi = np.take(mask, -1, axis=axis).any() and s.stop < shape[axis]
+        if lo or hi:
+            return True
+    return False
+
+
+def _lesion_ms_cropped(img: nib.Nifti1Image, models: Any,
+                       settings: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``lesion_ms`` on a box around the cord, put back on the full grid (zeros outside)."""
+    cord, _ = _run_nnunet(img, "spinalcord", models["spinalcord"], settings)
+    box = _lesion_crop_box(cord, img.affine)
+    if box is None:
+        log.warning("lesion_ms: no spinal cord found; segmenting the whole image instead of a crop")
+        mask, prob = _run_nnunet(img, "lesion_ms", models["lesion_ms"], settings)
+        settings["crop"] = None
+        return mask, prob, cord
+    sub_mask, sub_prob = _run_nnunet(crop_image(img, box), "lesion_ms", models["lesion_ms"], settings)
+    touches = touches_box(sub_mask, box, img.shape[:3])
+    if touches:
+        log.warning("lesion_ms: the lesion mask touches the crop box %s; lesions may continue outside it "
+                    "(rerun without the crop to check)", [[s.start, s.stop] for s in box])
+    mask = np.zeros(img.shape[:3], bool)
+    prob = np.zeros(img.shape[:3], np.float32)
+    mask[box], prob[box] = sub_mask, sub_prob
+    settings["crop"] = [[s.start, s.stop] for s in box]
+    settings["crop_touches"] = touches
+    return mask, prob, cord
+
+
 # ---- entry point ------------------------------------------------------------------------------------
 def segment(img: nib.Nifti1Image, *, task: str, models: Mapping[str, Any] | None = None,
             device: str = "auto", tta: bool = False, folds: Sequence[int | str] | None = None,
@@ -180,21 +240,25 @@ def segment(img: nib.Nifti1Image, *, task: str, models: Mapping[str, Any] | None
             demo: bool = False) -> SegmentationResult:
     """Segment one image with one task; every output is on the exact grid of ``img``.
 
-    ``crop`` only concerns ``lesion_ms_mp2rage``, which always crops around the cord (``False``
-    is refused: the model was trained on crops).
+    ``crop``: ``lesion_ms`` crops around the cord with ``crop=True`` (None: ``LESION_MS_CROP_DEFAULT``,
+    off); ``lesion_ms_mp2rage`` always crops (``False`` is refused: the model was trained on crops);
+    other tasks ignore it.
     """
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
     if crop is False and task == "lesion_ms_mp2rage":
         raise ConfigError("lesion_ms_mp2rage needs the crop around the cord (trained on cropped images)")
     start = time.perf_counter()
-    located = {name: _resolve(name, models, models_dir, demo) for name in TASK_MODELS[task]}
+    cropping = task == "lesion_ms" and (LESION_MS_CROP_DEFAULT if crop is None else bool(crop))
+    located = {name: _resolve(name, models, models_dir, demo) for name in task_models(task, crop=cropping)}
     if task in LEGACY_TASKS:
         return _segment_legacy(img, task, located, device, start)
     settings = {"folds": folds, "device": str(resolve_device(device)), "tta": tta, "ensemble": ensemble}
     cord = None
     if task == "lesion_ms_mp2rage":
         mask, prob, cord = _mp2rage(img, located, settings)
+    elif cropping:
+        mask, prob, cord = _lesion_ms_cropped(img, located, settings)
     else:
         mask, prob = _run_nnunet(img, task, located[task], settings)
     provenance = {
@@ -207,6 +271,10 @@ def segment(img: nib.Nifti1Image, *, task: str, models: Mapping[str, Any] | None
     if task == "lesion_ms_mp2rage":
         provenance["crop"] = {"box_voxels": settings.get("crop"), "margin_mm": CROP_MARGIN_MM,
                               "margin_slices": CROP_MARGIN_SLICES}
+    elif task == "lesion_ms":  # box None: no crop asked, or no cord found (whole image segmented)
+        provenance["crop"] = {"enabled": cropping, "box_voxels": settings.get("crop"),
+                              "margin_mm": LESION_CROP_MARGIN_MM, "margin_si_mm": LESION_CROP_SI_MM,
+                              "mask_touches_box": settings.get("crop_touches", False)}
     return SegmentationResult(
         mask=like(img, mask.astype(np.uint8), np.uint8),
         probseg=like(img, np.clip(prob, 0.0, 1.0).astype(np.float32), np.float32),
