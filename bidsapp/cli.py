@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="installed models folder (env CORDLESION_MODELS)")
     mod.add_argument("--demo", action="store_true", help="use the small demo models (phantom data only)")
     mod.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower)")
+    mod.add_argument("--crop", action="store_true",
+                     help="lesion_ms: segment only a box around the cord found by spinalcord (faster; off by "
+                          "default, masks may differ from the whole image's)")
     mod.add_argument("--folds", type=_folds, metavar="LIST", help="nnU-Net folds to ensemble, e.g. 0,1 "
                      "(default: all in the model)")
     mod.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -242,7 +245,7 @@ def _settings(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -> Set
         models_dir=Path(args.models_dir).absolute() if args.models_dir else None, demo=args.demo,
         work_dir=args.work_dir.absolute() if args.work_dir else None, nprocs=args.nprocs,
         omp_nthreads=args.omp_nthreads or default_omp_nthreads(args.nprocs), device=args.device,
-        tta=args.tta, folds=args.folds, overwrite=args.overwrite, dry_run=args.dry_run,
+        tta=args.tta, folds=args.folds, crop=args.crop, overwrite=args.overwrite, dry_run=args.dry_run,
         skip_bids_validator=args.skip_bids_validator)
 
 

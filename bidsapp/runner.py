@@ -78,7 +78,7 @@ def locate_models(tasks: Sequence[str], settings: Settings) -> dict[str, Any]:
     """``task -> LocatedModel`` for every model the tasks need (raises NoModelsError / ModelError)."""
     from . import models
 
-    needed = dict.fromkeys(m for task in tasks for m in TASK_MODELS.get(task, (task,)))
+    needed = dict.fromkeys(m for task in tasks for m in pipelines.task_models(task, crop=settings.crop))
     return {name: models.locate(name, models_dir=settings.models_dir, demo=settings.demo) for name in needed}
 
 
@@ -102,7 +102,7 @@ def prepare(jobs: Sequence[Job], settings: Settings, located: Mapping[str, Any])
     """
     items = []
     for job in jobs:
-        models = {name: located[name] for name in TASK_MODELS.get(job.task, (job.task,))}
+        models = {name: located[name] for name in pipelines.task_models(job.task, crop=settings.crop)}
         state = None
         if not settings.overwrite and (settings.output_dir / job.outputs["mask_json"]).is_file():
             try:
@@ -189,7 +189,7 @@ def _process(item: WorkItem, settings: Settings, start: float) -> None:
     img = load_image(job.source.path)
     state = item.state if item.state is not None else job_state(job, settings, item.models)
     result = pipelines.segment(img, task=job.task, models=item.models, device=settings.device,
-                               tta=settings.tta, folds=settings.folds)
+                               tta=settings.tta, folds=settings.folds, crop=settings.crop or None)
     stats = lesion_stats(result.mask)
     provenance = _provenance(item, settings, result, stats, state, time.perf_counter() - start)
     derivatives.write_segmentation(

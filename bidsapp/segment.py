@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lesion_ms_mp2rage: also write the cord mask used for the crop")
     p.add_argument("--tta", action="store_true",
                    help="mirroring test-time augmentation (off by default, as in SCT)")
+    p.add_argument("--crop", action="store_true",
+                   help="lesion_ms: segment only a box around the cord found by spinalcord (faster; off by "
+                        "default, masks may differ from the whole image's: docs/readme/performance.md)")
     p.add_argument("--folds", nargs="+", type=_fold, metavar="K", help="folds to use (default: all)")
     p.add_argument("--ensemble", choices=("logits", "probabilities"), default="logits",
                    help="fold ensembling: mean of logits (nnU-Net, default) or of probabilities (SCT)")
@@ -161,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     img = load_image(args.input)
     result = pipelines.segment(img, task=task, models=models, device=args.device, tta=args.tta,
                                folds=args.folds, ensemble=args.ensemble, models_dir=args.models_dir,
-                               demo=args.demo)
+                               demo=args.demo, crop=True if args.crop else None)
     atomic_save_nifti(result.mask, args.output)
     if args.soft is not None and result.probseg is not None:
         atomic_save_nifti(result.probseg, args.soft)

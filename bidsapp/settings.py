@@ -47,6 +47,8 @@ class Settings:
     """Mirroring test-time augmentation (8 passes in 3D; off by default as in SCT)."""
     folds: tuple[int, ...] | None = None
     """nnU-Net folds to ensemble (None: every fold in the model folder)."""
+    crop: bool = False
+    """lesion_ms on a box around the cord (``--crop``; spinalcord runs first)."""
     overwrite: bool = False
     """Recompute images whose outputs are up to date."""
     dry_run: bool = False
@@ -62,7 +64,10 @@ class Settings:
 
     def parameters(self) -> dict[str, Any]:
         """The settings that change a segmentation's result (recorded for up-to-date checks)."""
-        return {"tta": self.tta, "folds": list(self.folds) if self.folds is not None else None}
+        params = {"tta": self.tta, "folds": list(self.folds) if self.folds is not None else None}
+        if self.crop:  # only when on, so sidecars written before the option stay up to date
+            params["crop"] = True
+        return params
 
     def dumps(self) -> str:
         """Indented JSON of :meth:`to_dict`."""
