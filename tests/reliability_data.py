@@ -97,6 +97,21 @@ def drop_cli_log_handlers() -> None:
         root.removeHandler(handler)
 
 
+def main_in_process(args: list) -> int:
+    """``cli.main`` in this process, leaving it as found: torch threads (the runner sets them for
+    --nprocs 1) and the log handler cli adds."""
+    import torch
+
+    from bidsapp import cli
+
+    threads = torch.get_num_threads()
+    try:
+        return cli.main([str(a) for a in args])
+    finally:
+        torch.set_num_threads(threads)
+        drop_cli_log_handlers()
+
+
 def run_app(args: list[str], *, timeout: float = 120, env: dict | None = None,
             **popen) -> subprocess.CompletedProcess:
     """``run.py`` in a subprocess (1 thread), output captured."""

@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from reliability_data import ENV_1THREAD, drop_cli_log_handlers, masks, reference_run, scan_outputs, tiny_bids
+from reliability_data import ENV_1THREAD, main_in_process, masks, reference_run, scan_outputs, tiny_bids
 
 from bidsapp import cli
 
@@ -33,15 +33,6 @@ def _participant(args: list[str]) -> None:
     torch.set_num_threads(1)
     os.environ.update(ENV_1THREAD)
     os._exit(cli.main(args))
-
-
-def _in_process(args: list[str]) -> int:
-    threads = torch.get_num_threads()
-    try:
-        return cli.main([str(a) for a in args])
-    finally:
-        torch.set_num_threads(threads)  # the runner set this process's torch threads
-        drop_cli_log_handlers()
 
 
 def test_eight_processes_on_one_output_dir(tiny, tmp_path, tmp_path_factory):
@@ -72,7 +63,8 @@ def test_eight_processes_on_one_output_dir(tiny, tmp_path, tmp_path_factory):
 
 def test_byte_identical_across_runs_and_nprocs(tiny, tmp_path, tmp_path_factory, capsys):
     ref = reference_run(tmp_path_factory, tiny)  # run.py, --nprocs 1
-    code = _in_process([tiny, tmp_path / "n2", "participant", *FAST, "--nprocs", "2", "--omp-nthreads", "1"])
+    code = main_in_process([tiny, tmp_path / "n2", "participant", *FAST, "--nprocs", "2",
+                            "--omp-nthreads", "1"])
     assert code == 0, capsys.readouterr().err[-3000:]
     assert masks(tmp_path / "n2") == ref.masks
     assert masks(tmp_path / "n2", "*_probseg.nii.gz") == ref.probsegs
@@ -82,7 +74,8 @@ def test_thread_count_changes_only_float_rounding(tiny, tmp_path, tmp_path_facto
     """--omp-nthreads 2 vs 1: torch's CPU kernels sum in another order, so probabilities may differ in
     the last bits (documented: byte-identical needs the same --omp-nthreads); measured 4e-5, bound 1e-3."""
     ref = reference_run(tmp_path_factory, tiny)
-    code = _in_process([tiny, tmp_path / "t2", "participant", *FAST, "--nprocs", "1", "--omp-nthreads", "2"])
+    code = main_in_process([tiny, tmp_path / "t2", "participant", *FAST, "--nprocs", "1",
+                            "--omp-nthreads", "2"])
     assert code == 0, capsys.readouterr().err[-3000:]
     for rel in ref.probsegs:
         a = np.asarray(nib.load(str(ref.output_dir / rel)).dataobj)

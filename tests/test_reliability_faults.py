@@ -20,6 +20,7 @@ import pytest
 from reliability_data import (
     ENV_1THREAD,
     RUN_PY,
+    main_in_process,
     masks,
     reference_run,
     run_app,
@@ -69,6 +70,17 @@ def _app_child(args: list[str], event) -> None:
     os._exit(cli.main(args))
 
 
+def _started(child, event, timeout: float = 60.0) -> bool:
+    """True once the child starts an image; False if it ended (or hung) before."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if event.wait(0.05):
+            return True
+        if child.exitcode is not None:
+            return False
+    return False
+
+
 def test_sigkill_at_random_points_then_rerun_completes(tiny, tmp_path, tmp_path_factory):
     ref = reference_run(tmp_path_factory, tiny)
     out = tmp_path / "out"
@@ -82,12 +94,14 @@ def test_sigkill_at_random_points_then_rerun_completes(tiny, tmp_path, tmp_path_
         child = ctx.Process(target=_app_child, args=(args, event))
         child.start()
         # The kill lands at a random point of the image work (indexing writes nothing).
-        if event.wait(timeout=60):
+        if _started(child, event):
             time.sleep(rng.uniform(0.0, ref.work_seconds))
         if child.exitcode is None:
             # SIGKILL, and every third time SIGTERM (what schedulers send first: also not caught)
             os.kill(child.pid, signal.SIGTERM if kills % 3 == 2 else signal.SIGKILL)
             kills += 1
+        else:
+            assert child.exitcode == 0, f"the app failed (exit {child.exitcode}) without being killed"
         child.join()
         if out.exists():
             scan_outputs(out)  # raises on any corrupt file under a final name
@@ -139,7 +153,7 @@ def test_full_disk_injected_enospc(tiny, tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(derivatives.nib, "save", full_save)
     monkeypatch.setattr(derivatives.os, "fdopen", full_fdopen)
-    code = cli.main([str(tiny), str(out), "participant", *FAST])
+    code = main_in_process([tiny, out, "participant", *FAST])
     err = capsys.readouterr().err
     assert code == 1, err
     assert hits, "the output writes were not reached"

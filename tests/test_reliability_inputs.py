@@ -15,13 +15,12 @@ import torch
 from reliability_data import (
     add_bad_images,
     copy_dataset,
-    drop_cli_log_handlers,
     image_path,
+    main_in_process,
     scan_outputs,
     tiny_bids,
 )
 
-from bidsapp import cli
 from bidsapp.engine.modelfolder import NnUNetModel
 from bidsapp.errors import ModelError
 from bidsapp.models import locate
@@ -37,10 +36,7 @@ def tiny(tmp_path_factory) -> Path:
 
 
 def _main(args: list, capsys) -> tuple[int, str]:
-    try:
-        code = cli.main([str(a) for a in args])
-    finally:
-        drop_cli_log_handlers()
+    code = main_in_process(args)
     return code, capsys.readouterr().err
 
 

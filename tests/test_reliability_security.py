@@ -21,13 +21,13 @@ from reliability_data import (
     ENV_1THREAD,
     RUN_PY,
     copy_dataset,
-    drop_cli_log_handlers,
     image_path,
+    main_in_process,
     scan_outputs,
     tiny_bids,
 )
 
-from bidsapp import cli, derivatives
+from bidsapp import derivatives
 from bidsapp.engine.modelfolder import NnUNetModel, load_checkpoint
 from bidsapp.errors import ModelError
 from bidsapp.models import locate
@@ -179,14 +179,13 @@ def hostile_run(tiny, tmp_path_factory) -> dict:
     mp.setattr(socket, "getaddrinfo", blocked)
     mp.setattr(socket, "create_connection", blocked)
     try:
-        part = cli.main([str(bids), str(out), "participant", *FAST])
+        part = main_in_process([bids, out, "participant", *FAST])
         desc = json.loads((out / "dataset_description.json").read_text())
         desc["Name"] = "<script>alert('study')</script>"  # a user renaming the study
         (out / "dataset_description.json").write_text(json.dumps(desc))
-        group = cli.main([str(bids), str(out), "group", "--skip_bids_validator"])
+        group = main_in_process([bids, out, "group", "--skip_bids_validator"])
     finally:
         mp.undo()
-        drop_cli_log_handlers()
     return {"bids": bids, "out": out, "participant": part, "group": group, "attempts": attempts}
 
 
@@ -283,10 +282,7 @@ def test_symlinks_outside_bids_dir_are_read_never_written(tiny, tmp_path, capsys
     (elsewhere / "victim.nii.gz").write_bytes(b"not yours")
     mask.symlink_to(elsewhere / "victim.nii.gz")
     before_bids, before_else = _tree_digest(bids), _tree_digest(elsewhere)
-    try:
-        code = cli.main([str(bids), str(out), "participant", *FAST])
-    finally:
-        drop_cli_log_handlers()
+    code = main_in_process([bids, out, "participant", *FAST])
     assert code == 0, capsys.readouterr().err
     assert _tree_digest(bids) == before_bids and _tree_digest(elsewhere) == before_else
     assert mask.is_file() and not mask.is_symlink()
