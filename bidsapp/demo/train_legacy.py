@@ -4,11 +4,12 @@ The exported files have the official models' signature: input ``input_1`` float3
 output ``predictions`` float32 ``(N, 1, 48, 48, 48)`` = sigmoid lesion probability. Training data go
 through exactly the inference preprocessing of :mod:`bidsapp.legacy` (RPI, 0.5 mm in-plane,
 centreline crop from the ground-truth cord, percentile standardisation, 0.5 mm iso, fixed z-score),
-so the models learn what the pipeline hands them. The networks are small 3D U-Nets (a few hundred
-kB each); they are demo models for trying the app and for tests, not for research.
+so the models learn what the pipeline hands them. The networks are small 2.5D U-Nets (each axial slice
+with its neighbours, ~100 kB each, see :class:`LesionUNet`); they are demo models for trying the app
+and for tests, not for research.
 
     python -m bidsapp.demo.train_legacy [--out bidsapp/models/demo/legacy] [--tasks t2 t2_ax t2s]
-        [--steps 500] [--finetune-steps 250] [--seed 0] [--threads 2]
+        [--steps 600] [--finetune-steps 300] [--seed 0] [--threads 2]
 
 After export each file is checked against its torch network (max abs difference <= 1e-4).
 """
@@ -32,12 +33,10 @@ log = logging.getLogger(__name__)
 
 INPUT_NAME, OUTPUT_NAME = "input_1", "predictions"   # the names SCT feeds and reads (deepseg_/onnx.py)
 PATCH = (legacy.CROP_SIZE,) * 3
-# training windows: 40x40 in-plane around the cord, 16 slices (4x cheaper than 48^3 on a CPU); the net is
-# fully convolutional without normalisation layers, so it runs unchanged on the 48^3 inference patches
-TRAIN_Z, TRAIN_XY = 16, 40
 OPSET = 17
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "models" / "demo" / "legacy"
-FEATURES = (6, 12, 24)
+FEATURES = (8, 16, 32)
+SLICE_OFFSETS = (-4, 0, 4)   # neighbouring slices as channels: 2 mm either side at 0.5 mm
 
 #: what each demo model is trained on: phantom contrast, acquisitions (orientations, voxel sizes mm)
 RECIPES: dict[str, dict] = {
@@ -53,35 +52,61 @@ RECIPES: dict[str, dict] = {
 # ---------------------------------------------------------------- network
 
 def _block(cin: int, cout: int) -> nn.Sequential:
-    # no normalisation layer: the input is already z-scored with fixed statistics, a plain net does
-    # not depend on the patch size (training uses shorter windows), and every weight exports under
-    # its state-dict name (the exporter would fold BatchNorm and merge identical InstanceNorm weights)
-    return nn.Sequential(nn.Conv3d(cin, cout, 3, padding=1), nn.LeakyReLU(0.01),
-                         nn.Conv3d(cout, cout, 3, padding=1), nn.LeakyReLU(0.01))
+    # no normalisation layer: the input is already z-scored with fixed statistics, and every weight
+    # exports under its state-dict name (the exporter would fold BatchNorm into the convolutions)
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.LeakyReLU(0.01),
+                         nn.Conv2d(cout, cout, 3, padding=1), nn.LeakyReLU(0.01))
 
 
-class LesionUNet(nn.Module):
-    """Small 3D U-Net, channels first, sigmoid output (the official models end in a sigmoid too)."""
+class SliceUNet(nn.Module):
+    """2D U-Net, a slice and its neighbours as channels: ``(B, C, X, Y)`` -> logits ``(B, 1, X, Y)``."""
 
-    def __init__(self, features: Sequence[int] = FEATURES) -> None:
+    def __init__(self, features: Sequence[int] = FEATURES, channels: int = len(SLICE_OFFSETS)) -> None:
         super().__init__()
         f = list(features)
-        self.down = nn.ModuleList([_block(1, f[0])] + [_block(f[i], f[i + 1]) for i in range(len(f) - 1)])
-        self.up = nn.ModuleList([nn.ConvTranspose3d(f[i + 1], f[i], 2, stride=2) for i in range(len(f) - 1)])
+        self.down = nn.ModuleList([_block(channels, f[0])]
+                                  + [_block(f[i], f[i + 1]) for i in range(len(f) - 1)])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(f[i + 1], f[i], 2, stride=2) for i in range(len(f) - 1)])
         self.merge = nn.ModuleList([_block(2 * f[i], f[i]) for i in range(len(f) - 1)])
-        self.head = nn.Conv3d(f[0], 1, 1)
+        self.head = nn.Conv2d(f[0], 1, 1)
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
         for i, block in enumerate(self.down):
-            x = block(x if i == 0 else nn.functional.max_pool3d(x, 2))
+            x = block(x if i == 0 else nn.functional.max_pool2d(x, 2))
             skips.append(x)
         for i in reversed(range(len(self.up))):
             x = self.merge[i](torch.cat([skips[i], self.up[i](x)], dim=1))
         return self.head(x)
 
+
+class LesionUNet(nn.Module):
+    """The official signature around a 2.5D net: ``(N, 1, 48, 48, 48)`` -> sigmoid ``(N, 1, 48, 48, 48)``.
+
+    Each axial slice is segmented with its neighbours at :data:`SLICE_OFFSETS` as channels (edge slices
+    repeated inside the patch). 2D convolutions are ~10x cheaper than 3D ones on a CPU, which lets the
+    demo models train in minutes; the official models are 3D CNNs, the signature is the same.
+    """
+
+    def __init__(self, features: Sequence[int] = FEATURES) -> None:
+        super().__init__()
+        self.net2d = SliceUNet(features)
+
+    def slice_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, 1, X, Y, Z)`` -> per-slice logits ``(N * Z, 1, X, Y)`` (slice-major within each patch)."""
+        nx, ny, nz = x.shape[2], x.shape[3], x.shape[4]
+        stacked = torch.cat([torch.index_select(x, 4, _neighbours(nz, o)) for o in SLICE_OFFSETS], dim=1)
+        slices = stacked.permute(0, 4, 1, 2, 3).reshape(-1, len(SLICE_OFFSETS), nx, ny)
+        return self.net2d(slices)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(x))
+        nx, ny, nz = x.shape[2], x.shape[3], x.shape[4]
+        prob = torch.sigmoid(self.slice_logits(x))
+        return prob.reshape(-1, nz, 1, nx, ny).permute(0, 2, 3, 4, 1)
+
+
+def _neighbours(nz: int, offset: int) -> torch.Tensor:
+    return torch.clamp(torch.arange(nz) + offset, 0, nz - 1)
 
 
 # ---------------------------------------------------------------- export and parity
@@ -102,6 +127,13 @@ def export_onnx(net: nn.Module, path: str | Path, metadata: dict[str, str] | Non
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                           opset_version=OPSET, do_constant_folding=True, dynamo=False)
     model = onnx.load(str(tmp))
+    # the reshapes of the 2.5D wrapper leave the output dims symbolic: declare the official shape
+    for dim, size in zip(model.graph.output[0].type.tensor_type.shape.dim, ("batch", 1, *PATCH), strict=True):
+        dim.Clear()
+        if isinstance(size, str):
+            dim.dim_param = size
+        else:
+            dim.dim_value = size
     for key, value in (metadata or {}).items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, str(value)
@@ -165,41 +197,39 @@ def make_cases(task: str, n: int, seed: int) -> list[tuple[np.ndarray, np.ndarra
     return cases
 
 
-def _window_start(y: np.ndarray, rng: np.random.Generator, depth: int) -> int:
-    """A window start: mostly over a lesion (they fill < 1 % of the crop), else anywhere, sometimes
-    running past the end as the last zero-padded patch at inference does."""
-    nz = y.shape[2]
-    lesion_z = np.flatnonzero(y.any(axis=(0, 1)))
-    if lesion_z.size and rng.random() < 0.7:
-        centre = int(rng.choice(lesion_z))
-        return int(np.clip(centre - rng.integers(2, depth - 2), 0, max(0, nz - 1)))
-    return int(rng.integers(0, max(1, nz - depth // 3)))
+def sample_slices(cases, rng: np.random.Generator, size: int, task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``size`` axial slices with their neighbours as channels (``(size, 3, 48, 48)``, z-scored as
+    :func:`bidsapp.legacy.predict_patches` does) and their lesion targets (``(size, 1, 48, 48)``).
 
-
-def sample_batch(cases, rng: np.random.Generator, size: int, task: str, depth: int = TRAIN_Z,
-                 width: int = TRAIN_XY) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random ``width`` x ``width`` x ``depth`` windows near the crop centre (where the cord is),
-    zero-padded past the end and then z-scored exactly as :func:`bidsapp.legacy.predict_patches`
-    does; random R-L and S-I flips and a random gain (a bias field leaves the cord brighter or darker
-    than the global percentile standardisation expects)."""
+    Most slices hold lesion (they fill < 1 % of the crop); random R-L and S-I flips and a random
+    gain (a bias field leaves the cord brighter or darker than the global standardisation expects).
+    """
     contrast = legacy.contrast_for(task)
     xs, ys = [], []
     for _ in range(size):
         x, y = cases[rng.integers(len(cases))]
-        z0 = _window_start(y, rng, depth)
-        n = min(depth, x.shape[2] - z0)
-        px, py = np.zeros(PATCH[:2] + (depth,), np.float32), np.zeros(PATCH[:2] + (depth,), np.float32)
-        px[:, :, :n], py[:, :, :n] = x[:, :, z0:z0 + n], y[:, :, z0:z0 + n]
-        margin = PATCH[0] - width
-        x0, y0 = (int(np.clip(margin // 2 + rng.integers(-4, 5), 0, margin)) for _ in range(2))
-        px, py = px[x0:x0 + width, y0:y0 + width], py[x0:x0 + width, y0:y0 + width]
-        for axis in (0, 2):
-            if rng.random() < 0.5:
-                px, py = np.flip(px, axis), np.flip(py, axis)
+        nz = x.shape[2]
+        lesion_z = np.flatnonzero(y.any(axis=(0, 1)))
+        z = int(rng.choice(lesion_z)) if lesion_z.size and rng.random() < 0.6 else int(rng.integers(nz))
+        offsets = SLICE_OFFSETS if rng.random() < 0.5 else SLICE_OFFSETS[::-1]
+        px = np.stack([x[:, :, int(np.clip(z + o, 0, nz - 1))] for o in offsets])
+        py = y[None, :, :, z]
+        if rng.random() < 0.5:
+            px, py = px[:, ::-1], py[:, ::-1]
         gain = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
         xs.append((px * gain - contrast.mean) / contrast.std)
         ys.append(py.copy())
-    return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys)[:, None])
+    batch_x = torch.from_numpy(np.stack(xs).astype(np.float32))
+    return batch_x, torch.from_numpy(np.stack(ys).astype(np.float32))
+
+
+def patch_of(case, z0: int = 0) -> np.ndarray:
+    """One z-scored inference patch ``(1, 1, 48, 48, 48)`` of a case, zero-padded past its end."""
+    x = case[0]
+    patch = np.zeros(PATCH, np.float32)
+    n = min(PATCH[2], x.shape[2] - z0)
+    patch[:, :, :n] = x[:, :, z0:z0 + n]
+    return patch[None, None]
 
 
 # ---------------------------------------------------------------- training
@@ -212,9 +242,9 @@ def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return bce + (1 - dice)
 
 
-def train(task: str, *, steps: int, seed: int, n_cases: int = 24, batch: int = 4, lr: float = 3e-3,
+def train(task: str, *, steps: int, seed: int, n_cases: int = 24, batch: int = 32, lr: float = 3e-3,
           init: LesionUNet | None = None, cases: list | None = None) -> tuple[LesionUNet, list]:
-    """Train one model; ``init`` starts from another model's weights (t2_ax fine-tunes t2)."""
+    """Train one model; ``init`` starts from another model's weights (t2_ax and t2s fine-tune t2)."""
     torch.manual_seed(seed)
     cases = cases if cases is not None else make_cases(task, n_cases, seed)
     net = LesionUNet()
@@ -225,8 +255,8 @@ def train(task: str, *, steps: int, seed: int, n_cases: int = 24, batch: int = 4
     rng = np.random.default_rng(seed + 1)
     net.train()
     for step in range(steps):
-        x, y = sample_batch(cases, rng, batch, task)
-        loss = _loss(net.logits(x), y)
+        x, y = sample_slices(cases, rng, batch, task)
+        loss = _loss(net.net2d(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -254,14 +284,25 @@ def evaluate(task: str, path: str | Path, *, seed: int, n: int = 4) -> list[floa
     return scores
 
 
+def _describe_init(path: Path) -> str:
+    from ..engine.onnx import OnnxModel
+
+    meta = OnnxModel(path).metadata
+    steps, origin = meta.get("steps", "?"), meta.get("initialised_from", "?")
+    return f"{meta.get('task', path.name)} ({steps} steps, from {origin})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bidsapp.demo.train_legacy",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--tasks", nargs="+", choices=legacy.TASKS, default=list(legacy.TASKS))
-    parser.add_argument("--steps", type=int, default=500, help="training steps per model from scratch")
-    parser.add_argument("--finetune-steps", type=int, default=250,
-                        help="steps for t2_ax when t2 is trained in the same run (it starts from t2)")
+    parser.add_argument("--steps", type=int, default=600, help="training steps per model from scratch")
+    parser.add_argument("--finetune-steps", type=int, default=300,
+                        help="steps for t2_ax and t2s, which start from the t2 model")
+    parser.add_argument("--init", type=Path, metavar="ONNX",
+                        help="start every listed task from this exported model (e.g. t2_ax / t2s from a t2 "
+                             "trained in another run, or more steps for a model); --finetune-steps steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -271,19 +312,24 @@ def main(argv: list[str] | None = None) -> int:
     for task in args.tasks:
         t0 = time.time()
         i = legacy.TASKS.index(task)
-        init = trained.get("t2") if task == "t2_ax" else None   # same contrast, other acquisition
+        init, origin = None, "random"
+        if args.init is not None:
+            init, origin = net_from_onnx(args.init), _describe_init(args.init)
+        elif task != "t2" and "t2" in trained:  # same anatomy, other acquisition / contrast
+            init, origin = trained["t2"], f"t2 ({args.steps} steps)"
         steps = args.finetune_steps if init is not None else args.steps
         net, cases = train(task, steps=steps, seed=args.seed + 100 * i, init=init)
         trained[task] = net
         meta = {"cordlesion_demo": "true", "task": task,
                 "trained_on": "synthetic phantoms (bidsapp.demo.phantom)",
                 "architecture": f"LesionUNet{FEATURES}", "steps": str(steps),
-                "initialised_from": "t2" if init is not None else "random",
+                "initialised_from": origin,
                 "patch_mean": str(legacy.contrast_for(task).mean),
                 "patch_std": str(legacy.contrast_for(task).std), "note": "demo model: not for research"}
         path = export_onnx(net, args.out / f"{task}_lesion.onnx", meta)
-        x, _ = sample_batch(cases, np.random.default_rng(7), 2, task, depth=PATCH[2], width=PATCH[0])
-        diff = parity(net, path, x.numpy())
+        contrast = legacy.contrast_for(task)
+        batch = np.concatenate([patch_of(cases[0]), patch_of(cases[1], 48)])
+        diff = parity(net, path, (batch - contrast.mean) / contrast.std)
         log.info("%s: %.0f s, %s (%.0f kB), ONNX vs torch max abs diff %.2e",
                  task, time.time() - t0, path, path.stat().st_size / 1024, diff)
         dice = evaluate(task, path, seed=args.seed + 10_000 + i)
