@@ -52,13 +52,10 @@ def lesion_results():
     """(contrast, phantom, SegmentationResult) for lesion phantoms of each contrast, segmented once."""
     torch.set_num_threads(2)
     out = []
-    for contrast, task, n in (
-        ("T2w", "lesion_ms", 4),
-        ("T2starw", "lesion_ms", 4),
-        ("UNIT1", "lesion_ms_mp2rage", 4),
-    ):
-        for i in range(n):
-            ph = _test_phantom(contrast, 100 * len(out) + i)
+    for k, (contrast, task) in enumerate((("T2w", "lesion_ms"), ("T2starw", "lesion_ms"),
+                                          ("UNIT1", "lesion_ms_mp2rage"))):
+        for i in range(4):
+            ph = _test_phantom(contrast, 100 * k + i)
             out.append((contrast, ph, segment(ph.image, task=task, demo=True, device="cpu")))
     return out
 
@@ -99,7 +96,7 @@ def test_nnunetv2_loads_and_agrees():
     """nnunetv2's own predictor (the oracle) loads the demo folder and finds the same cord."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    ph = _test_phantom("T2w", 7)
+    ph = make_phantom("T2w", rng=np.random.default_rng([TEST_SEED, 7]), fov_mm=(32, 32, 40))  # small: quick
     folder = _folder("spinalcord")
     oracle = nnUNetPredictor(
         tile_step_size=0.5,
