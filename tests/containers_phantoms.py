@@ -22,7 +22,9 @@ ORIENTATIONS = (("R", "A", "S"), ("L", "P", "S"), ("A", "S", "L"), ("R", "S", "A
 def write_image(path: Path, contrast: str, *, seed: int, orientation=("R", "A", "S")) -> Phantom:
     """One small phantom (with lesions) saved at ``path``; returns it (image and ground truth)."""
     rng = np.random.default_rng(seed)
-    anatomy = make_anatomy(rng, n_lesions=2, z_range=(-12, 12))
+    # lesions of 6-15 mm along the cord (default 2-15): the smallest ones the demo models may miss
+    # entirely, and these tests use the overlap with the truth to catch swapped or flipped masks
+    anatomy = make_anatomy(rng, n_lesions=2, z_range=(-12, 12), lesion_size_range=(6.0, 15.0))
     phantom = make_phantom(contrast, rng=rng, anatomy=anatomy, orientation=orientation,
                            voxel_size=(0.8, 0.8, 0.8), fov_mm=SMALL_FOV_MM, tilt_deg=0.0)
     path.parent.mkdir(parents=True, exist_ok=True)
