@@ -21,7 +21,7 @@ CONFIG = {"use_default_rules": False, "rules": [
 @pytest.fixture(scope="module")
 def legacy_run(tmp_path_factory):
     bids = tmp_path_factory.mktemp("legacy_bids")
-    images = write_dataset(bids, n_subjects=2, seed=990_002)
+    images = write_dataset(bids, n_subjects=2, seed=990_005)
     config = tmp_path_factory.mktemp("cfg") / "routing.json"
     config.write_text(json.dumps(CONFIG))
     out = tmp_path_factory.mktemp("legacy_out") / "cordlesion"
