@@ -57,7 +57,7 @@ CROP_MARGIN_SLICES = 5     # along the cord (the array axis closest to S-I)
 # bench/lesion_ms_crop.py (agreement with the full image on phantoms; SCT master pads ~30 mm in-plane)
 LESION_CROP_MARGIN_MM = 30.0   # in-plane, around the cord's bounding box
 LESION_CROP_SI_MM = 15.0       # along S-I, beyond the cord's extent
-# Off: on phantoms the cropped masks agreed with the full image's at Dice 0.71-0.74 only (< 0.99),
+# Off: on phantoms the cropped masks agreed with the full image's at Dice 0.38-0.94 only (< 0.99),
 # because nnU-Net's z-score statistics change with the crop (bench/RESULTS-crop.md)
 LESION_MS_CROP_DEFAULT = False
 _CLASS_HINTS = {"lesion_ms": ("lesion",), "lesion_ms_mp2rage": ("lesion",), "spinalcord": ("cord", "sc")}
