@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -196,6 +197,19 @@ def _open(browser, out: Path):
     return context, page, problems
 
 
+def _wait_until(page, js_function: str, timeout_s: float = 15.0) -> None:
+    """Poll a JS predicate with page.evaluate.
+
+    Not page.wait_for_function: once its first check fails, Playwright re-evaluates the predicate
+    with eval() inside the page, which the page's own Content Security Policy (rightly) forbids.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(js_function):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {js_function}")
+        page.wait_for_timeout(50)
+
+
 def _listed(page) -> list[str]:
     """Subject labels of every row, page after page."""
     seen = []
@@ -220,7 +234,7 @@ def test_page_lists_every_image_rates_and_exports(browser, big_out, tmp_path):
     page.locator("#f-st").select_option("failed")
     assert page.locator("#rows tr").count() == 2
     page.locator("#f-reset").click()
-    page.wait_for_function(f"document.querySelectorAll('#rows tr').length === {PAGE_SIZE}")
+    _wait_until(page, f"() => document.querySelectorAll('#rows tr').length === {PAGE_SIZE}")
 
     # Keyboard rating of the first three rows.
     first3 = [(page.locator("#rows tr").nth(i).locator("td").nth(1).text_content(),
@@ -237,13 +251,13 @@ def test_page_lists_every_image_rates_and_exports(browser, big_out, tmp_path):
     page.keyboard.press("Enter")
     axial = page.locator("#d-axial")
     assert axial.get_attribute("src").endswith("_axialoverlay.png")
-    page.wait_for_function("document.getElementById('d-axial').naturalWidth > 0")
+    _wait_until(page, "() => document.getElementById('d-axial').naturalWidth > 0")
     page.keyboard.press("o")
     assert axial.get_attribute("src").endswith("_axial.png")
     page.screenshot(path=str(tmp_path / "detail.png"))
     page.keyboard.press("Escape")
-    page.wait_for_function("Array.from(document.querySelectorAll('#rows img')).slice(0, 3)"
-                           ".every(i => i.complete && i.naturalWidth > 0)")
+    _wait_until(page, "() => Array.from(document.querySelectorAll('#rows img')).slice(0, 3)"
+                      ".every(i => i.complete && i.naturalWidth > 0)")
 
     with page.expect_download() as dl:
         page.locator("#export-tsv").click()
