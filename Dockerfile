@@ -33,6 +33,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HOME=/home/cordlesion \
     CORDLESION_MODELS=/opt/cordlesion/models \
+    CORDLESION_CONTAINER_TAG=cordlesion/cordlesion:${VERSION} \
     XDG_CACHE_HOME=/tmp/.cache \
     MPLCONFIGDIR=/tmp/.cache/matplotlib \
     NUMBA_CACHE_DIR=/tmp/.cache/numba \

@@ -26,9 +26,7 @@ demo: $(STAMP)
 	$(PY) -m bidsapp.demo $(DEMO_DIR)/bids --subjects $(DEMO_SUBJECTS) --seed 1
 	$(PY) run.py $(DEMO_DIR)/bids $(DEMO_DIR)/cordlesion participant --demo --nprocs $(DEMO_NPROCS) \
 		--omp-nthreads 1 -w $(DEMO_DIR)/work
-	@if $(PY) -c "import bidsapp.group" 2>/dev/null; then \
-		$(PY) run.py $(DEMO_DIR)/bids $(DEMO_DIR)/cordlesion group -w $(DEMO_DIR)/work; \
-	else echo "(group level not available in this version: skipped)"; fi
+	$(PY) run.py $(DEMO_DIR)/bids $(DEMO_DIR)/cordlesion group -w $(DEMO_DIR)/work
 	@echo ""
 	@echo "Input phantom dataset:  $(abspath $(DEMO_DIR))/bids (ground truth in derivatives/groundtruth)"
 	@echo "Lesion derivatives:     $(abspath $(DEMO_DIR))/cordlesion/sub-*/**/anat/*_label-lesion_*"

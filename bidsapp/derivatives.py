@@ -148,12 +148,16 @@ def _unlink_quietly(path: str) -> None:
 
 # --------------------------------------------------------------------------------- dataset-level files
 def container_info() -> dict[str, str] | None:
-    """``{"Type": "docker"|"singularity", "Tag": ...}`` when running inside a container, else None."""
-    tag = f"{APP_NAME}:{__version__}"
-    if os.environ.get("SINGULARITY_CONTAINER") or os.environ.get("APPTAINER_CONTAINER"):
-        image = os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER")
-        return {"Type": "singularity", "Tag": Path(image).name or tag}
-    if Path("/.dockerenv").exists():
+    """``{"Type": "docker"|"singularity", "Tag": ...}`` when running inside our container image, else None.
+
+    The image sets ``CORDLESION_CONTAINER_TAG`` (Dockerfile); Apptainer/Singularity add their own variables.
+    Not ``/.dockerenv``: that file also exists on plain hosts that happen to be containers themselves.
+    """
+    tag = os.environ.get("CORDLESION_CONTAINER_TAG")
+    image = os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER")
+    if image:
+        return {"Type": "singularity", "Tag": Path(image).name or tag or f"{APP_NAME}:{__version__}"}
+    if tag:
         return {"Type": "docker", "Tag": tag}
     return None
 

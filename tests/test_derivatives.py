@@ -187,3 +187,19 @@ def test_sha256_file(tmp_path):
     f = tmp_path / "f"
     f.write_bytes(b"abc")
     assert derivatives.sha256_file(f) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, None),
+    ({"CORDLESION_CONTAINER_TAG": "cordlesion/cordlesion:0.1.0"},
+     {"Type": "docker", "Tag": "cordlesion/cordlesion:0.1.0"}),
+    ({"CORDLESION_CONTAINER_TAG": "cordlesion/cordlesion:0.1.0",
+      "APPTAINER_CONTAINER": "/images/cl-0.1.0.sif"},
+     {"Type": "singularity", "Tag": "cl-0.1.0.sif"}),
+])
+def test_container_info_from_the_image_environment(monkeypatch, env, expected):
+    for name in ("CORDLESION_CONTAINER_TAG", "APPTAINER_CONTAINER", "SINGULARITY_CONTAINER"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert derivatives.container_info() == expected
