@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..engine.network import build_network, random_state_dict
+from ..engine.network import build_network, nnunet_default_layers, random_state_dict
 
 __all__ = ["make_plans", "make_dataset_json", "write_model_folder", "make_checkpoint", "topology",
            "build_network", "random_state_dict"]
@@ -144,13 +144,7 @@ def make_plans(*, network: str = "PlainConvUNet", patch_size: Sequence[int] = (1
                 "strides": strides,
                 ("n_conv_per_stage" if plain else "n_blocks_per_stage"): encoder,
                 "n_conv_per_stage_decoder": decoder,
-                "conv_bias": True,
-                "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dim}d",
-                "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-                "dropout_op": None,
-                "dropout_op_kwargs": None,
-                "nonlin": "torch.nn.LeakyReLU",
-                "nonlin_kwargs": {"inplace": True},
+                **nnunet_default_layers(dim),
             },
             "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
         }

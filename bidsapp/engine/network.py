@@ -51,6 +51,19 @@ def architecture(plans: dict, configuration: str) -> dict:
     return _architecture_from_old_plans(config)
 
 
+def nnunet_default_layers(dim: int) -> dict:
+    """The layer choices nnU-Net's default planners write (and assume for old-format plans)."""
+    return {
+        "conv_bias": True,
+        "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dim}d",
+        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True},
+    }
+
+
 def _architecture_from_old_plans(config: dict) -> dict:
     try:
         name = config["UNet_class_name"]
@@ -66,13 +79,7 @@ def _architecture_from_old_plans(config: dict) -> dict:
             "strides": deepcopy(config["pool_op_kernel_sizes"]),
             blocks_key: deepcopy(config["n_conv_per_stage_encoder"]),
             "n_conv_per_stage_decoder": deepcopy(config["n_conv_per_stage_decoder"]),
-            "conv_bias": True,
-            "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dim}d",
-            "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-            "dropout_op": None,
-            "dropout_op_kwargs": None,
-            "nonlin": "torch.nn.LeakyReLU",
-            "nonlin_kwargs": {"inplace": True},
+            **nnunet_default_layers(dim),
         }
     except (KeyError, TypeError) as exc:
         raise ModelError(f"plans.json: old-format configuration lacks {exc}") from exc
