@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -176,23 +176,6 @@ def crop_image(img: nib.Nifti1Image, box: tuple[slice, ...]) -> nib.Nifti1Image:
     return img.slicer[box]
 
 
-def _mp2rage(img: nib.Nifti1Image, models: Any, settings: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    cord, _ = _run_nnunet(img, "spinalcord", models["spinalcord"], settings)
-    box = cord_crop_box(cord, img.affine)
-    if box is None:
-        log.warning("lesion_ms_mp2rage: no spinal cord found; segmenting the whole image instead of a crop")
-        mask, prob = _run_nnunet(img, "lesion_ms_mp2rage", models["lesion_ms_mp2rage"], settings)
-        settings["crop"] = None
-        return mask, prob, cord
-    sub = crop_image(img, box)
-    sub_mask, sub_prob = _run_nnunet(sub, "lesion_ms_mp2rage", models["lesion_ms_mp2rage"], settings)
-    mask = np.zeros(img.shape[:3], bool)
-    prob = np.zeros(img.shape[:3], np.float32)
-    mask[box], prob[box] = sub_mask, sub_prob
-    settings["crop"] = [[s.start, s.stop] for s in box]
-    return mask, prob, cord
-
-
 def _lesion_crop_box(cord: np.ndarray, affine: np.ndarray) -> tuple[slice, ...] | None:
     si = _si_axis(affine)
     slices = int(math.ceil(LESION_CROP_SI_MM / float(voxel_sizes(affine)[si])))
@@ -210,21 +193,26 @@ def touches_box(mask: np.ndarray, box: tuple[slice, ...], shape: Sequence[int]) 
     return False
 
 
-def _lesion_ms_cropped(img: nib.Nifti1Image, models: Any,
-                       settings: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``lesion_ms`` on a box around the cord, put back on the full grid (zeros outside)."""
+def _segment_around_cord(img: nib.Nifti1Image, task: str, models: Any, settings: dict,
+                         box_of: Callable[[np.ndarray, np.ndarray], tuple[slice, ...] | None],
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``spinalcord``, then ``task`` on the box ``box_of(cord, affine)``, put back on the full grid.
+
+    Zeros outside the box. No cord found: the whole image is segmented, with a warning. The box (or None)
+    and whether the mask touches it go into ``settings`` for the provenance.
+    """
     cord, _ = _run_nnunet(img, "spinalcord", models["spinalcord"], settings)
-    box = _lesion_crop_box(cord, img.affine)
+    box = box_of(cord, img.affine)
     if box is None:
-        log.warning("lesion_ms: no spinal cord found; segmenting the whole image instead of a crop")
-        mask, prob = _run_nnunet(img, "lesion_ms", models["lesion_ms"], settings)
+        log.warning("%s: no spinal cord found; segmenting the whole image instead of a crop", task)
+        mask, prob = _run_nnunet(img, task, models[task], settings)
         settings["crop"] = None
         return mask, prob, cord
-    sub_mask, sub_prob = _run_nnunet(crop_image(img, box), "lesion_ms", models["lesion_ms"], settings)
+    sub_mask, sub_prob = _run_nnunet(crop_image(img, box), task, models[task], settings)
     touches = touches_box(sub_mask, box, img.shape[:3])
     if touches:
-        log.warning("lesion_ms: the lesion mask touches the crop box %s; lesions may continue outside it "
-                    "(rerun without the crop to check)", [[s.start, s.stop] for s in box])
+        log.warning("%s: the lesion mask touches the crop box %s; lesions may continue outside it",
+                    task, [[s.start, s.stop] for s in box])
     mask = np.zeros(img.shape[:3], bool)
     prob = np.zeros(img.shape[:3], np.float32)
     mask[box], prob[box] = sub_mask, sub_prob
@@ -256,9 +244,9 @@ def segment(img: nib.Nifti1Image, *, task: str, models: Mapping[str, Any] | None
     settings = {"folds": folds, "device": str(resolve_device(device)), "tta": tta, "ensemble": ensemble}
     cord = None
     if task == "lesion_ms_mp2rage":
-        mask, prob, cord = _mp2rage(img, located, settings)
+        mask, prob, cord = _segment_around_cord(img, task, located, settings, cord_crop_box)
     elif cropping:
-        mask, prob, cord = _lesion_ms_cropped(img, located, settings)
+        mask, prob, cord = _segment_around_cord(img, task, located, settings, _lesion_crop_box)
     else:
         mask, prob = _run_nnunet(img, task, located[task], settings)
     provenance = {
@@ -270,7 +258,8 @@ def segment(img: nib.Nifti1Image, *, task: str, models: Mapping[str, Any] | None
     }
     if task == "lesion_ms_mp2rage":
         provenance["crop"] = {"box_voxels": settings.get("crop"), "margin_mm": CROP_MARGIN_MM,
-                              "margin_slices": CROP_MARGIN_SLICES}
+                              "margin_slices": CROP_MARGIN_SLICES,
+                              "mask_touches_box": settings.get("crop_touches", False)}
     elif task == "lesion_ms":  # box None: no crop asked, or no cord found (whole image segmented)
         provenance["crop"] = {"enabled": cropping, "box_voxels": settings.get("crop"),
                               "margin_mm": LESION_CROP_MARGIN_MM, "margin_si_mm": LESION_CROP_SI_MM,
