@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mirroring test-time augmentation (off by default, as in SCT)")
     p.add_argument("--crop", action="store_true",
                    help="lesion_ms: segment only a box around the cord found by spinalcord (faster; off by "
-                        "default, masks may differ from the whole image's: docs/readme/performance.md)")
+                        "default, masks may differ from the whole image's: README, Performance)")
     p.add_argument("--folds", nargs="+", type=_fold, metavar="K", help="folds to use (default: all)")
     p.add_argument("--ensemble", choices=("logits", "probabilities"), default="logits",
                    help="fold ensembling: mean of logits (nnU-Net, default) or of probabilities (SCT)")
