@@ -8,6 +8,7 @@ Per image, the mask sidecar is written LAST: its presence means the image's outp
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
@@ -85,10 +86,10 @@ def log_name(source_relpath: str, suffix: str, task: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------- atomic I/O
-def _temp_in(folder: Path, name: str, suffix: str = "") -> tuple[int, str]:
+def _temp_in(folder: Path, name: str) -> tuple[int, str]:
     folder.mkdir(parents=True, exist_ok=True)
     # A dot-prefixed temp name: validators and globs ignore it if a killed process leaves it behind.
-    return tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=folder)
+    return tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
 
 
 def _publish(tmp: str, path: Path) -> None:
@@ -123,20 +124,14 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def atomic_save_nifti(img: nib.Nifti1Image, path: str | Path) -> None:
-    """Save a NIfTI image atomically; ``.nii.gz`` is compressed (nibabel picks by the temp's extension)."""
-    path = Path(path)
-    ext = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    try:
-        fd, tmp = _temp_in(path.parent, path.name, ext)
-        os.close(fd)
-        try:
-            nib.save(img, tmp)
-            _publish(tmp, path)
-        except BaseException:
-            _unlink_quietly(tmp)
-            raise
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+    """Save a NIfTI image atomically (same path as every other file: temp, fsync, rename).
+
+    ``.nii.gz`` is gzip-compressed with a zero timestamp, so the same image always gives the same bytes.
+    """
+    data = img.to_bytes()
+    if str(path).endswith(".gz"):
+        data = gzip.compress(data, compresslevel=6, mtime=0)
+    atomic_write_bytes(path, data)
 
 
 def _unlink_quietly(path: str) -> None:

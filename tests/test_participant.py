@@ -18,7 +18,8 @@ from bidsapp.validation import validate
 
 pytestmark = pytest.mark.slow
 
-REAL_BIDS = Path("/work/shared/data/real-bids")
+# shared/ lies beside the repository (here and in CI's fresh clone)
+REAL_BIDS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-bids"
 # Pooled Dice of the demo models on the held-out phantom dataset (measured 0.45 and 0.81; the demo lesion
 # models are small and trained briefly on phantoms: their own validation Dice is 0.28 and 0.44). A wrong
 # orientation, grid or class gives ~0: these floors catch that, not model quality.
