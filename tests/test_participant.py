@@ -20,10 +20,10 @@ pytestmark = pytest.mark.slow
 
 # shared/ lies beside the repository (here and in CI's fresh clone)
 REAL_BIDS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-bids"
-# Pooled Dice of the demo models on the held-out phantom dataset (measured 0.45 and 0.81; the demo lesion
-# models are small and trained briefly on phantoms: their own validation Dice is 0.28 and 0.44). A wrong
-# orientation, grid or class gives ~0: these floors catch that, not model quality.
-MIN_DICE = {"lesion_ms": 0.35, "lesion_ms_mp2rage": 0.6}
+# Pooled Dice of the committed demo models on this held-out phantom dataset (seed PHANTOM_BIDS_SEED),
+# measured through the whole app: lesion_ms 0.814, lesion_ms_mp2rage 0.805. The floors are issue 3's
+# targets for the demo models; a wrong orientation, grid, crop or class gives ~0.
+MIN_DICE = {"lesion_ms": 0.7, "lesion_ms_mp2rage": 0.7}
 MIN_CORD_DICE = 0.9  # the demo cord model is good (validation 0.96; measured 0.97-0.99 here)
 
 
