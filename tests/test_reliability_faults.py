@@ -117,20 +117,13 @@ def test_sigkill_at_random_points_then_rerun_completes(tiny, tmp_path, tmp_path_
 
 
 def test_full_disk_injected_enospc(tiny, tmp_path, monkeypatch, capsys):
-    """Every output write hits ENOSPC after half its bytes: a clear error per image, no file left."""
+    """Every output write (NIfTI and JSON share one atomic writer) hits ENOSPC after half its bytes:
+    a clear error per image, no file left."""
     out = tmp_path / "out"
-    real_save, real_fdopen, hits = derivatives.nib.save, os.fdopen, []
+    real_fdopen, hits = os.fdopen, []
 
     def inside(path: str) -> bool:
         return str(path).startswith(str(out / "sub-"))
-
-    def full_save(img, filename, *a, **k):
-        if not inside(filename):
-            return real_save(img, filename, *a, **k)
-        hits.append(filename)
-        data = img.to_bytes()
-        Path(filename).write_bytes(data[: len(data) // 2])
-        raise OSError(errno.ENOSPC, "No space left on device")
 
     class _HalfWriter:
         def __init__(self, fh):
@@ -151,7 +144,6 @@ def test_full_disk_injected_enospc(tiny, tmp_path, monkeypatch, capsys):
         fh = real_fdopen(fd, *a, **k)
         return _HalfWriter(fh) if inside(os.readlink(f"/proc/self/fd/{fd}")) else fh
 
-    monkeypatch.setattr(derivatives.nib, "save", full_save)
     monkeypatch.setattr(derivatives.os, "fdopen", full_fdopen)
     code = main_in_process([tiny, out, "participant", *FAST])
     err = capsys.readouterr().err
