@@ -87,7 +87,8 @@ def test_sigkill_at_random_points_then_rerun_completes(tiny, tmp_path, tmp_path_
     rng = random.Random(20261124)
     ctx = multiprocessing.get_context("fork")
     # --overwrite: every run rewrites files that already exist, the harshest moment to be killed.
-    args = [str(tiny), str(out), "participant", *FAST, "--overwrite"]
+    # -w: a killed run cannot remove its default temporary work folder; keep those under tmp_path
+    args = [str(tiny), str(out), "participant", *FAST, "--overwrite", "-w", str(tmp_path / "work")]
     kills, start = 0, time.monotonic()
     while kills < N_KILLS and time.monotonic() - start < KILL_LOOP_BUDGET_S:
         event = ctx.Event()
