@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
+from .argtypes import flatten_folds, folds, positive_int
 from .errors import ConfigError, CordlesionError, ModelError, OutputError
 from .settings import Settings, default_omp_nthreads
 
@@ -38,16 +39,6 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: error: {message}")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
 def _label(prefix: str):
     def parse(text: str) -> str:
         label = text[len(prefix):] if text.startswith(prefix) else text
@@ -56,16 +47,6 @@ def _label(prefix: str):
                                              f"{prefix!r})")
         return label
     return parse
-
-
-def _folds(text: str) -> tuple[int, ...]:
-    try:
-        folds = tuple(int(f) for f in text.replace(",", " ").split())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: folds are integers, e.g. 0,1,2") from None
-    if not folds or min(folds) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give one or more fold numbers >= 0")
-    return folds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,16 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--crop", action="store_true",
                      help="lesion_ms: segment only a box around the cord found by spinalcord (faster; off by "
                           "default, masks may differ from the whole image's)")
-    mod.add_argument("--folds", type=_folds, metavar="LIST", help="nnU-Net folds to ensemble, e.g. 0,1 "
-                     "(default: all in the model)")
+    mod.add_argument("--folds", nargs="+", type=folds, metavar="K",
+                     help="nnU-Net folds to ensemble, e.g. 0 1 or 0,1 (default: all in the model)")
     mod.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                      help="auto uses CUDA when available")
     run = p.add_argument_group("running")
     run.add_argument("-w", "--work-dir", "--work_dir", type=Path, metavar="DIR",
                      help="scratch folder (default: a temporary folder, removed at the end)")
-    run.add_argument("--nprocs", "--n_cpus", "--n-cpus", type=_positive_int, default=1,
+    run.add_argument("--nprocs", "--n_cpus", "--n-cpus", type=positive_int, default=1,
                      help="worker processes (images segmented in parallel)")
-    run.add_argument("--omp-nthreads", "--omp_nthreads", type=_positive_int,
+    run.add_argument("--omp-nthreads", "--omp_nthreads", type=positive_int,
                      help="torch/OpenMP threads per worker (default: CPUs / nprocs)")
     run.add_argument("--overwrite", action="store_true", help="recompute images whose outputs are up to date")
     run.add_argument("--dry-run", "--dry_run", action="store_true",
@@ -245,7 +226,8 @@ def _settings(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -> Set
         models_dir=Path(args.models_dir).absolute() if args.models_dir else None, demo=args.demo,
         work_dir=args.work_dir.absolute() if args.work_dir else None, nprocs=args.nprocs,
         omp_nthreads=args.omp_nthreads or default_omp_nthreads(args.nprocs), device=args.device,
-        tta=args.tta, folds=args.folds, crop=args.crop, overwrite=args.overwrite, dry_run=args.dry_run,
+        tta=args.tta, folds=flatten_folds(args.folds), crop=args.crop, overwrite=args.overwrite,
+        dry_run=args.dry_run,
         skip_bids_validator=args.skip_bids_validator)
 
 

@@ -18,6 +18,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .argtypes import flatten_folds, folds
+
 EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_FAILURE = 64, 65, 66, 1
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -36,18 +38,6 @@ def _nifti_path(value: str) -> Path:
     if not value.endswith(NIFTI_SUFFIXES):
         raise argparse.ArgumentTypeError(f"{value!r} must end with .nii or .nii.gz")
     return Path(value)
-
-
-def _fold(value: str) -> int | str:
-    if value == "all":
-        return value
-    try:
-        fold = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"fold must be a number or 'all', not {value!r}") from None
-    if fold < 0:
-        raise argparse.ArgumentTypeError(f"fold must be >= 0, not {fold}")
-    return fold
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", action="store_true",
                    help="lesion_ms: segment only a box around the cord found by spinalcord (faster; off by "
                         "default, masks may differ from the whole image's: README, Performance)")
-    p.add_argument("--folds", nargs="+", type=_fold, metavar="K", help="folds to use (default: all)")
+    p.add_argument("--folds", nargs="+", type=folds, metavar="K",
+                   help="folds to use, e.g. 0 1 or 0,1 (default: every fold of the model)")
     p.add_argument("--ensemble", choices=("logits", "probabilities"), default="logits",
                    help="fold ensembling: mean of logits (nnU-Net, default) or of probabilities (SCT)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -163,8 +154,8 @@ def run(args: argparse.Namespace) -> int:
     task, models = args.task_name, args.models
     img = load_image(args.input)
     result = pipelines.segment(img, task=task, models=models, device=args.device, tta=args.tta,
-                               folds=args.folds, ensemble=args.ensemble, models_dir=args.models_dir,
-                               demo=args.demo, crop=True if args.crop else None)
+                               folds=flatten_folds(args.folds), ensemble=args.ensemble,
+                               models_dir=args.models_dir, demo=args.demo, crop=True if args.crop else None)
     atomic_save_nifti(result.mask, args.output)
     if args.soft is not None and result.probseg is not None:
         atomic_save_nifti(result.probseg, args.soft)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bidsapp import __version__, cli, runner
+from bidsapp.argtypes import flatten_folds
 from bidsapp.imaging import like
 
 
@@ -107,8 +108,9 @@ def test_labels_and_defaults(monkeypatch):
     assert str(args.models_dir) == "/opt/models"
     assert (args.nprocs, args.device, args.tta, args.overwrite) == (1, "auto", False, False)
     dashed = cli.build_parser().parse_args(["b", "o", "group", "--participant-label", "1", "--work-dir", "w",
-                                            "--omp-nthreads", "2", "--folds", "0,2"])
-    assert dashed.participant_label == ["1"] and dashed.omp_nthreads == 2 and dashed.folds == (0, 2)
+                                            "--omp-nthreads", "2", "--folds", "0,2", "3"])
+    assert dashed.participant_label == ["1"] and dashed.omp_nthreads == 2
+    assert flatten_folds(dashed.folds) == (0, 2, 3)  # "--folds 0 1" and "--folds 0,1" alike
 
 
 # ------------------------------------------------------------------------------ runs with a fake model

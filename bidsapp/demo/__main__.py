@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 
+from ..argtypes import non_negative_int, positive_int
 from .dataset import write_dataset
 
 
@@ -17,26 +18,11 @@ def build_parser() -> argparse.ArgumentParser:
         "OUTPUT_DIR/derivatives/groundtruth). Same seed, byte-identical files.",
     )
     parser.add_argument("output_dir", help="folder to write (created if missing)")
-    parser.add_argument("--subjects", type=_positive, default=5, help="number of subjects (default 5)")
-    parser.add_argument("--seed", type=_non_negative, default=0, help="random seed (default 0)")
+    parser.add_argument("--subjects", type=positive_int, default=5, help="number of subjects (default 5)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     return parser
 
 
-def _positive(value: str) -> int:
-    number = _non_negative(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return number
-
-
-def _non_negative(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
-    return number
 
 
 def main(argv: list[str] | None = None) -> int:

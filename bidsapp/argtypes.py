@@ -1,0 +1,47 @@
+"""argparse ``type=`` validators shared by our command lines: a bad value is named where it enters."""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """A parser of integers >= ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at least {minimum}")
+        return value
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+
+
+def folds(text: str) -> list[int | str]:
+    """Fold names, comma-separated: integers >= 0, or ``all`` (nnU-Net's ``fold_all``)."""
+    names = [f for f in text.replace(",", " ").split()]
+    out: list[int | str] = []
+    for name in names:
+        if name == "all":
+            out.append(name)
+            continue
+        try:
+            fold = int(name)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"fold must be an integer >= 0 or 'all', not {name!r}") from None
+        if fold < 0:
+            raise argparse.ArgumentTypeError(f"fold must be an integer >= 0 or 'all', not {fold}")
+        out.append(fold)
+    if not out:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more folds")
+    return out
+
+
+def flatten_folds(groups: list[list[int | str]] | None) -> tuple[int | str, ...] | None:
+    """``--folds 0 1`` and ``--folds 0,1`` alike (nargs="+" of :func:`folds`)."""
+    return None if not groups else tuple(f for group in groups for f in group)
