@@ -109,8 +109,9 @@ def prepare(jobs: Sequence[Job], settings: Settings, located: Mapping[str, Any])
                 state = job_state(job, settings, models)
             except OSError:  # broken git-annex link, unreadable: the worker reports it with a hint
                 state = None
-        fresh = state is not None and derivatives.is_up_to_date(settings.output_dir, job.outputs["mask_json"],
-                                                                state)
+        fresh = (state is not None
+                 and derivatives.is_up_to_date(settings.output_dir, job.outputs["mask_json"], state)
+                 and _has_qc_record(settings.output_dir, job))
         items.append(WorkItem(job, models, state, up_to_date=fresh))
     return items
 
@@ -230,6 +231,14 @@ def _provenance(item: WorkItem, settings: Settings, result: Any, stats: Any, sta
         "Pipeline": pipeline,
         "State": dict(state),
     }
+
+
+def _has_qc_record(output_dir: Path, job: Any) -> bool:
+    """The QC record is written after the mask sidecar: a run killed in between left the image without
+    one, so it is not up to date (its re-run rewrites identical outputs and adds the record)."""
+    from .qc import qc_names
+
+    return (Path(output_dir) / qc_names(job.source.relpath, job.task)["record"]).is_file()
 
 
 def _write_qc(item: WorkItem, img: Any, result: Any, settings: Settings, start: float,

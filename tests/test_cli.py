@@ -12,6 +12,7 @@ import pytest
 from bidsapp import __version__, cli, runner
 from bidsapp.argtypes import flatten_folds
 from bidsapp.imaging import like
+from bidsapp.qc import qc_names
 
 
 def _write_dataset(root: Path, images: dict[str, np.ndarray]) -> Path:
@@ -160,6 +161,12 @@ def test_run_rerun_and_failure(dirs, fake_models, capsys, tmp_path):
     assert mask.is_file() and (out / "logs/sub-01/sub-01_T2w_desc-T2w.log").is_file()
     assert cli.main([*base, "--dry-run"]) == 0
     assert capsys.readouterr().out.count("[up to date]") == 2
+    # Killed between the mask sidecar and the QC record: not up to date; its re-run adds the record
+    record = out / qc_names("sub-01/anat/sub-01_T2w.nii.gz", "lesion_ms")["record"]
+    record.unlink()
+    assert cli.main([*base, "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("[up to date]") == 1
+    assert cli.main(base) == 0 and record.is_file()
     # A corrupt input among good ones: exit 1, the other image still done
     bad = dirs["base"] / "withbad"
     import shutil
