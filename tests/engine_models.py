@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 from nibabel import orientations as nio
 
@@ -15,6 +16,16 @@ from bidsapp.engine.network import build_network
 
 PLAN_SPACING = (3.0, 0.8, 0.8)  # nnU-Net axis order [z, y, x] of the LPI image: anisotropic, ratio 3.75
 PATCH = (8, 32, 32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Engine tests run with one torch thread (deterministic and polite on shared CI cores); importing
+    this fixture into a test module makes it autouse there."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 def _decisive(state: dict, plans: dict, seed: int) -> dict:

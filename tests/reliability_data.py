@@ -1,6 +1,7 @@
 """Helpers shared by tests/test_reliability_*.py: tiny phantom BIDS datasets, bad images, output scans."""
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import logging
@@ -22,6 +23,26 @@ REPO = Path(__file__).resolve().parents[1]
 RUN_PY = REPO / "run.py"
 #: One thread per process everywhere: the machine is shared and the results must not depend on it.
 ENV_1THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+class HalfThenENOSPC:
+    """Stands in for a file object from ``os.fdopen``: writes half the bytes, then fails as a full disk
+    does. ``hits`` (optional) collects the names written to."""
+
+    def __init__(self, fh, hits: list | None = None):
+        self.fh, self.hits = fh, hits
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+    def write(self, data):
+        if self.hits is not None:
+            self.hits.append(self.fh.name)
+        self.fh.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def tiny_bids(root: Path, n_subjects: int = 2, seed: int = 7) -> Path:

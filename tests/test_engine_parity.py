@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from engine_models import build_folder, dice, make_image, oracle_predictor, oracle_probabilities
+from engine_models import (  # noqa: F401
+    build_folder,
+    dice,
+    make_image,
+    one_torch_thread,
+    oracle_predictor,
+    oracle_probabilities,
+)
 
 from bidsapp.engine import NnUNetModel, NnUNetPredictor
 
@@ -18,14 +24,6 @@ pytestmark = pytest.mark.timeout(300)
 
 NETWORKS = ("PlainConvUNet", "ResidualEncoderUNet")
 CASES = ("ras", "las", "resample")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

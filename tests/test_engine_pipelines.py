@@ -3,19 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from engine_models import build_folder, make_image
+from engine_models import build_folder, make_image, one_torch_thread  # noqa: F401 (autouse)
 
 from bidsapp import pipelines
 from bidsapp.errors import ConfigError
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ stream, CRC checked) and every .json must parse, after every kill.
 """
 from __future__ import annotations
 
-import errno
 import logging
 import multiprocessing
 import os
@@ -20,6 +19,7 @@ import pytest
 from reliability_data import (
     ENV_1THREAD,
     RUN_PY,
+    HalfThenENOSPC,
     main_in_process,
     masks,
     reference_run,
@@ -126,24 +126,9 @@ def test_full_disk_injected_enospc(tiny, tmp_path, monkeypatch, capsys):
     def inside(path: str) -> bool:
         return str(path).startswith(str(out / "sub-"))
 
-    class _HalfWriter:
-        def __init__(self, fh):
-            self.fh = fh
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.fh.close()
-
-        def write(self, data):
-            hits.append(self.fh.name)
-            self.fh.write(data[: len(data) // 2])
-            raise OSError(errno.ENOSPC, "No space left on device")
-
     def full_fdopen(fd, *a, **k):
         fh = real_fdopen(fd, *a, **k)
-        return _HalfWriter(fh) if inside(os.readlink(f"/proc/self/fd/{fd}")) else fh
+        return HalfThenENOSPC(fh, hits) if inside(os.readlink(f"/proc/self/fd/{fd}")) else fh
 
     monkeypatch.setattr(derivatives.os, "fdopen", full_fdopen)
     code = main_in_process([tiny, out, "participant", *FAST])

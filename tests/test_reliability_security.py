@@ -20,6 +20,7 @@ import torch
 from reliability_data import (
     ENV_1THREAD,
     RUN_PY,
+    HalfThenENOSPC,
     copy_dataset,
     image_path,
     main_in_process,
@@ -109,21 +110,7 @@ def test_atomic_write_enospc_leaves_no_partial_file(tmp_path, monkeypatch):
     target = tmp_path / "mask.json"
     real_fdopen = os.fdopen
 
-    class _Full:
-        def __init__(self, fh):
-            self.fh = fh
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.fh.close()
-
-        def write(self, data):
-            self.fh.write(data[: len(data) // 2])
-            raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(derivatives.os, "fdopen", lambda fd, mode: _Full(real_fdopen(fd, mode)))
+    monkeypatch.setattr(derivatives.os, "fdopen", lambda fd, mode: HalfThenENOSPC(real_fdopen(fd, mode)))
     with pytest.raises(derivatives.OutputError) as info:
         derivatives.atomic_write_bytes(target, b"x" * 1000)
     assert str(info.value) == f"{target}: cannot write (No space left on device)"
