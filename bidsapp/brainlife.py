@@ -30,6 +30,7 @@ import nibabel as nib
 
 from . import __version__
 from .errors import ConfigError, CordlesionError
+from .plan import read_json, validate_user_json
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +90,8 @@ def read_config(path: str | Path) -> BrainlifeJob:
     missing or not NIfTI.
     """
     path = Path(path)
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read the brainlife config ({exc})") from exc
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: the brainlife config must be a JSON object")
+    config = read_json(path, "the brainlife config")
+    validate_user_json(config, "brainlife_config.schema.json", str(path))
     images: dict[str, Path] = {}
     for key in INPUT_SUFFIXES:
         if config.get(key):

@@ -78,7 +78,8 @@ def _load_schema(name: str) -> dict[str, Any]:
     return json.loads(resources.files("bidsapp.schemas").joinpath(name).read_text())
 
 
-def _validate(obj: Any, schema_name: str, origin: str) -> None:
+def validate_user_json(obj: Any, schema_name: str, origin: str) -> None:
+    """Check a user JSON against ``bidsapp/schemas/<schema_name>``; ConfigError naming the file and key."""
     validator = jsonschema.Draft202012Validator(_load_schema(schema_name))
     error = jsonschema.exceptions.best_match(validator.iter_errors(obj))
     if error is None:
@@ -104,7 +105,7 @@ def read_json(path: str | Path, what: str) -> Any:
 
 def load_config(obj: Any, origin: str = "--config") -> list[dict[str, Any]]:
     """Validate a routing config (``config.schema.json``) and return the full rule list, user rules first."""
-    _validate(obj, "config.schema.json", origin)
+    validate_user_json(obj, "config.schema.json", origin)
     rules = [_normalise_rule(rule) for rule in obj.get("rules", [])]
     if obj.get("use_default_rules", True):
         rules += [_normalise_rule(rule) for rule in DEFAULT_RULES]
@@ -124,7 +125,7 @@ def _normalise_rule(rule: Mapping[str, Any]) -> dict[str, Any]:
 
 def load_filters(obj: Any, origin: str = "--bids-filter-file") -> dict[str, Any]:
     """Validate a BIDS filter object; returns ``{"*": global filters, "<suffix>": filters}``."""
-    _validate(obj, "bids_filter.schema.json", origin)
+    validate_user_json(obj, "bids_filter.schema.json", origin)
     out: dict[str, dict[str, Any]] = {"*": {}}
     for key, value in obj.items():
         if key[:1].isupper():

@@ -60,6 +60,9 @@ def test_read_config_maps_keys_metadata_and_parameters(tmp_path):
     ({}, "no input image"),
     ({"t2w": "missing.nii.gz"}, "not a file"),
     ({"t2w": "notes.txt"}, "not a .nii or .nii.gz"),
+    ({"t2w": "t2.nii.gz", "omp_nthreads": "four"}, r"omp_nthreads: 'four' is not of type"),  # schema
+    ({"t2w": "t2.nii.gz", "device": "tpu"}, r"device: 'tpu' is not one of"),
+    ({"t2w": 7}, r"t2w: 7 is not of type"),
 ])
 def test_read_config_refuses_bad_inputs(tmp_path, content, message):
     (tmp_path / "notes.txt").write_text("x")
