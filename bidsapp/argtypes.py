@@ -24,9 +24,8 @@ non_negative_int = int_at_least(0)
 
 def folds(text: str) -> list[int | str]:
     """Fold names, comma-separated: integers >= 0, or ``all`` (nnU-Net's ``fold_all``)."""
-    names = [f for f in text.replace(",", " ").split()]
     out: list[int | str] = []
-    for name in names:
+    for name in text.replace(",", " ").split():
         if name == "all":
             out.append(name)
             continue
