@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from engine_models import (  # noqa: F401
     build_folder,
     dice,
@@ -19,6 +20,7 @@ from engine_models import (  # noqa: F401
 )
 
 from bidsapp.engine import NnUNetModel, NnUNetPredictor
+from bidsapp.engine.nnunet import _channels_last_weights
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -107,3 +109,23 @@ def test_other_orientation_transpose_and_mask_norm(tmp_path, images):
     got = NnUNetPredictor(NnUNetModel.load(folder)).predict(img)
     d, mad = _agree(ref, got)
     assert d >= 0.99 and mad <= 0.01
+
+
+def test_cpu_network_uses_the_checkpoint_tensors(folders):
+    """One copy of the weights on the CPU: every network parameter IS a checkpoint tensor (shared
+    encoder tensors stay shared), and switching folds switches them."""
+    model = NnUNetModel.load(folders["ResidualEncoderUNet"])
+    pred = NnUNetPredictor(model, device="cpu")
+    ptrs = {t.data_ptr() for t in model.state_dicts[0].values()}
+    params = list(pred.network.parameters())
+    assert params and all(p.data_ptr() in ptrs for p in params)
+    assert not any(p.is_meta for p in pred.network.parameters())
+    assert all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in params if p.dim() == 5)
+    # tensors shared in a checkpoint (nnU-Net's decoder holds the encoder) stay one tensor
+    w = torch.randn(4, 2, 3, 3, 3)
+    converted = _channels_last_weights({"encoder.w": w, "decoder.encoder.w": w, "b": torch.zeros(4)})
+    assert converted["encoder.w"] is converted["decoder.encoder.w"]
+    assert converted["encoder.w"].is_contiguous(memory_format=torch.channels_last_3d)
+    pred._load_fold(1)
+    ptrs1 = {t.data_ptr() for t in model.state_dicts[1].values()}
+    assert all(p.data_ptr() in ptrs1 for p in pred.network.parameters())

@@ -142,7 +142,8 @@ def instance_norms_as_group_norms(net: nn.Module) -> nn.Module:
         for name, child in list(module.named_children()):
             if isinstance(child, nn.modules.instancenorm._InstanceNorm) and not child.track_running_stats:
                 n = child.num_features
-                group = nn.GroupNorm(n, n, eps=child.eps, affine=child.affine)
+                device = child.weight.device if child.affine else None  # "meta" stays meta
+                group = nn.GroupNorm(n, n, eps=child.eps, affine=child.affine, device=device)
                 if child.affine:
                     group.weight.data.copy_(child.weight.data)
                     group.bias.data.copy_(child.bias.data)

@@ -61,6 +61,22 @@ def _resampling_kwargs(config: dict, which: str, default_order: int) -> dict:
             "force_separate_z": kw.get("force_separate_z")}
 
 
+def _channels_last_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict with 5-D (convolution) weights in channels-last 3D layout; tensors shared in the
+    checkpoint (nnU-Net's decoder holds the encoder) stay shared."""
+    done: dict[tuple, torch.Tensor] = {}
+    out = {}
+    for key, value in state.items():
+        if value.dim() != 5:
+            out[key] = value
+            continue
+        ident = (value.data_ptr(), tuple(value.shape), value.stride())
+        if ident not in done:
+            done[ident] = value.contiguous(memory_format=torch.channels_last_3d)
+        out[key] = done[ident]
+    return out
+
+
 class NnUNetPredictor:
     """Built once per model / folds / device / TTA setting; ``predict`` many images."""
 
@@ -79,15 +95,27 @@ class NnUNetPredictor:
         ori.sct_to_axcodes(self.orientation)  # fail early on a bad dataset.json value
         self._data_kw = _resampling_kwargs(self.config, "data", 3)
         self._prob_kw = _resampling_kwargs(self.config, "probabilities", 1)
-        network = build_network(model.plans, model.configuration, model.num_input_channels, model.num_classes)
+        # built without memory ("meta"): the weights come from the checkpoint, random init is wasted time
+        with torch.device("meta"):
+            network = build_network(model.plans, model.configuration, model.num_input_channels,
+                                    model.num_classes)
         # CPU levers measured in bench/RESULTS-engine.md, each checked against nnunetv2 in the parity
         # tests: GroupNorm for InstanceNorm (same maths), channels-last 3D tensors, 2 tiles per pass
         cpu = self.device.type == "cpu"
-        self.network = (instance_norms_as_group_norms(network) if fast_norm else network).to(self.device)
+        self.network = instance_norms_as_group_norms(network) if fast_norm else network
         self.batch_size = max(1, int(batch_size if batch_size is not None else (2 if cpu else 1)))
         self.channels_last = cpu if channels_last is None else bool(channels_last)
-        if self.channels_last:
-            self.network = self.network.to(memory_format=torch.channels_last_3d)
+        # On the CPU the network uses the checkpoint's tensors themselves (load_state_dict(assign=True)):
+        # no second copy of the weights, which for ResEnc-L is ~400 MB of the peak memory budget.
+        self._assign = cpu
+        if cpu:
+            if self.channels_last:
+                for fold in model.folds:
+                    model.state_dicts[fold] = _channels_last_weights(model.state_dicts[fold])
+        else:
+            self.network = self.network.to_empty(device=self.device)
+            if self.channels_last:
+                self.network = self.network.to(memory_format=torch.channels_last_3d)
         self._loaded_fold: int | str | None = None
         self._load_fold(model.folds[0])
 
@@ -99,7 +127,7 @@ class NnUNetPredictor:
         if fold == self._loaded_fold:
             return
         try:
-            self.network.load_state_dict(self.model.state_dicts[fold])
+            self.network.load_state_dict(self.model.state_dicts[fold], assign=self._assign)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             path = self.model.checkpoint_paths[fold]
