@@ -55,7 +55,7 @@ CROP_MARGIN_MM = 30.0      # in-plane dilation of the cord box before the MP2RAG
 CROP_MARGIN_SLICES = 5     # along the cord (the array axis closest to S-I)
 # lesion_ms cord crop (a speed lever, not a model requirement): margins chosen by measurement in
 # bench/lesion_ms_crop.py (agreement with the full image on phantoms; SCT master pads ~30 mm in-plane)
-LESION_CROP_MARGIN_MM = 30.0   # in-plane, around the cord's bounding box
+LESION_CROP_MARGIN_MM = 10.0   # in-plane, around the cord's bounding box
 LESION_CROP_SI_MM = 15.0       # along S-I, beyond the cord's extent
 # Off: on phantoms the cropped masks agreed with the full image's at Dice 0.38-0.94 only (< 0.99),
 # because nnU-Net's z-score statistics change with the crop (bench/RESULTS-crop.md)
@@ -133,12 +133,13 @@ def class_index(labels: Mapping[str, int], task: str) -> int:
 
 
 # ---- nnU-Net tasks ----------------------------------------------------------------------------------
-def _run_nnunet(img: nib.Nifti1Image, task: str, located: Any,
-                settings: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(mask bool, probability float32) of the task's class on the grid of ``img``."""
+def _run_nnunet(img: nib.Nifti1Image, task: str, located: Any, settings: dict,
+                roi: tuple[slice, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(mask bool, probability float32) of the task's class on the grid of ``img``; with ``roi`` only
+    the windows overlapping that box run (exact inside it, background outside)."""
     predictor = get_predictor(_path(located), folds=settings["folds"], device=settings["device"],
                               tta=settings["tta"], ensemble=settings["ensemble"])
-    probs = predictor.predict(img)
+    probs = predictor.predict(img, roi=roi)
     settings.setdefault("folds_used", {})[task] = list(predictor.model.folds)
     if task == "nnunet":  # any foreground class wins
         return probs.argmax(0) != 0, 1.0 - probs[0]
@@ -195,11 +196,15 @@ def touches_box(mask: np.ndarray, box: tuple[slice, ...], shape: Sequence[int]) 
 
 def _segment_around_cord(img: nib.Nifti1Image, task: str, models: Any, settings: dict,
                          box_of: Callable[[np.ndarray, np.ndarray], tuple[slice, ...] | None],
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``spinalcord``, then ``task`` on the box ``box_of(cord, affine)``, put back on the full grid.
+                         *, whole_image_context: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``spinalcord``, then ``task`` on the box ``box_of(cord, affine)``, on the full grid (zeros outside
+    the box).
 
-    Zeros outside the box. No cord found: the whole image is segmented, with a warning. The box (or None)
-    and whether the mask touches it go into ``settings`` for the provenance.
+    ``whole_image_context`` (``lesion_ms``): the image is preprocessed whole and only the sliding windows
+    that overlap the box run, so inside the box the result IS the whole image's. Otherwise
+    (``lesion_ms_mp2rage``, trained on crops) the box is cut out and segmented as an image of its own,
+    as SCT documents. No cord found: the whole image is segmented, with a warning. The box (or None) and
+    whether the mask touches it go into ``settings`` for the provenance.
     """
     cord, _ = _run_nnunet(img, "spinalcord", models["spinalcord"], settings)
     box = box_of(cord, img.affine)
@@ -208,14 +213,18 @@ def _segment_around_cord(img: nib.Nifti1Image, task: str, models: Any, settings:
         mask, prob = _run_nnunet(img, task, models[task], settings)
         settings["crop"] = None
         return mask, prob, cord
-    sub_mask, sub_prob = _run_nnunet(crop_image(img, box), task, models[task], settings)
+    if whole_image_context:
+        mask, prob = _run_nnunet(img, task, models[task], settings, roi=box)
+        sub_mask = mask[box]
+    else:
+        sub_mask, sub_prob = _run_nnunet(crop_image(img, box), task, models[task], settings)
+        mask = np.zeros(img.shape[:3], bool)
+        prob = np.zeros(img.shape[:3], np.float32)
+        mask[box], prob[box] = sub_mask, sub_prob
     touches = touches_box(sub_mask, box, img.shape[:3])
     if touches:
-        log.warning("%s: the lesion mask touches the crop box %s; lesions may continue outside it",
-                    task, [[s.start, s.stop] for s in box])
-    mask = np.zeros(img.shape[:3], bool)
-    prob = np.zeros(img.shape[:3], np.float32)
-    mask[box], prob[box] = sub_mask, sub_prob
+        log.warning("%s: the lesion mask touches the box %s around the cord; lesions may continue outside "
+                    "it", task, [[s.start, s.stop] for s in box])
     settings["crop"] = [[s.start, s.stop] for s in box]
     settings["crop_touches"] = touches
     return mask, prob, cord
@@ -244,9 +253,11 @@ def segment(img: nib.Nifti1Image, *, task: str, models: Mapping[str, Any] | None
     settings = {"folds": folds, "device": str(resolve_device(device)), "tta": tta, "ensemble": ensemble}
     cord = None
     if task == "lesion_ms_mp2rage":
-        mask, prob, cord = _segment_around_cord(img, task, located, settings, cord_crop_box)
+        mask, prob, cord = _segment_around_cord(img, task, located, settings, cord_crop_box,
+                                                 whole_image_context=False)
     elif cropping:
-        mask, prob, cord = _segment_around_cord(img, task, located, settings, _lesion_crop_box)
+        mask, prob, cord = _segment_around_cord(img, task, located, settings, _lesion_crop_box,
+                                                 whole_image_context=True)
     else:
         mask, prob = _run_nnunet(img, task, located[task], settings)
     provenance = {

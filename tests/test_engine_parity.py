@@ -129,3 +129,59 @@ def test_cpu_network_uses_the_checkpoint_tensors(folders):
     pred._load_fold(1)
     ptrs1 = {t.data_ptr() for t in model.state_dicts[1].values()}
     assert all(p.data_ptr() in ptrs1 for p in pred.network.parameters())
+
+
+def _wide(img):
+    """``img`` tiled 2x2 in-plane (as data): wide enough for several windows per in-plane axis."""
+    data = np.tile(np.asarray(img.dataobj), (2, 2, 1))
+    return type(img)(data, img.affine, img.header)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_roi_is_exact_inside_and_background_outside(folders, images, case):
+    """Windows that miss the box are skipped, yet inside the box the probabilities are the whole
+    image's (same normalisation, windows and weights); outside it background has probability 1."""
+    img = _wide(images[case])
+    pred = NnUNetPredictor(NnUNetModel.load(folders["ResidualEncoderUNet"]))
+    full = pred.predict(img)
+    shape = img.shape
+    roi = (slice(4, 9), slice(2, 6), slice(2, 5))  # a corner box (voxels 0-1 of axis 0 are zero)
+    calls = []
+    forward = pred.network.forward
+    pred.network.forward = lambda x: (calls.append(x.shape[0]), forward(x))[1]
+    part = pred.predict(img, roi=roi)
+    np.testing.assert_allclose(part[(slice(None), *roi)], full[(slice(None), *roi)], atol=1e-5)
+    outside = np.ones(shape, bool)
+    outside[roi] = False
+    assert (part[0][outside] == 1).all() and (part[1][outside] == 0).all()
+    # fewer windows ran than for the whole image, and an empty box runs none
+    calls_full = []
+    pred.network.forward = lambda x: (calls_full.append(x.shape[0]), forward(x))[1]
+    pred.predict(img)
+    assert 0 < sum(calls) < sum(calls_full)
+    calls.clear()
+    pred.network.forward = lambda x: (calls.append(x.shape[0]), forward(x))[1]
+    empty = pred.predict(img, roi=(slice(0, 0), slice(None), slice(None)))
+    assert not calls and (empty[0] == 1).all()
+
+
+def test_box_tiling_runs_the_box_alone(folders, images):
+    """roi_tiling="box": a box as large as the image tiles exactly like the whole image; a small box
+    runs fewer windows than the "image" tiling of the same box; unknown names are refused."""
+    img = _wide(images["ras"])
+    model = NnUNetModel.load(folders["ResidualEncoderUNet"])
+    whole_box = tuple(slice(0, n) for n in img.shape)
+    full = NnUNetPredictor(model).predict(img)
+    boxed = NnUNetPredictor(model, roi_tiling="box")
+    np.testing.assert_allclose(boxed.predict(img, roi=whole_box), full, atol=1e-5)
+    counts = {}
+    for tiling in ("image", "box"):
+        pred = NnUNetPredictor(model, roi_tiling=tiling)
+        calls, forward = [], pred.network.forward
+        pred.network.forward = lambda x, calls=calls, forward=forward: (calls.append(x.shape[0]), forward(x))[1]
+        out = pred.predict(img, roi=(slice(30, 40), slice(30, 38), slice(4, 8)))
+        assert np.isfinite(out).all() and np.allclose(out.sum(0), 1, atol=1e-5)
+        counts[tiling] = sum(calls)
+    assert 0 < counts["box"] < counts["image"]
+    with pytest.raises(ValueError, match="roi_tiling"):
+        NnUNetPredictor(model, roi_tiling="crop")

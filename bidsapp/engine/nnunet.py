@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 _RESAMPLERS = {"resample_data_or_seg_to_shape"}
 ENSEMBLES = ("logits", "probabilities")
+#: how ``predict(img, roi=box)`` tiles: "image" runs the whole image's windows that overlap the box
+#: (exact inside it); "box" tiles the box alone, widened to a patch (fewer windows, not exact:
+#: bench/RESULTS-crop.md measures it; the pipelines use "image")
+ROI_TILINGS = ("image", "box")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -77,12 +81,32 @@ def _channels_last_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return out
 
 
+def roi_box_in_network_space(roi: np.ndarray, new_shape: Sequence[int], margin: int = 2
+                              ) -> tuple[slice, ...] | None:
+    """The bounding box of ``roi`` (on the cropped grid) scaled to the resampled grid ``new_shape``,
+    widened by ``margin`` voxels on resampled axes so the linear resampling back to the input grid only
+    reads exact values; None when ``roi`` is empty (no window runs)."""
+    hit = [np.flatnonzero(roi.any(axis=tuple(a for a in range(roi.ndim) if a != axis)))
+           for axis in range(roi.ndim)]
+    if any(h.size == 0 for h in hit):
+        return None
+    box = []
+    for h, n_in, n_out in zip(hit, roi.shape, new_shape, strict=True):
+        scale = n_out / n_in  # skimage's coordinates: out = (in + 0.5) * scale - 0.5
+        pad = margin if n_out != n_in else 0  # an axis that is not resampled reads no neighbours
+        lo = int(np.floor((h[0] + 0.5) * scale - 0.5)) - pad
+        hi = int(np.ceil((h[-1] + 0.5) * scale - 0.5)) + 1 + pad
+        box.append(slice(max(lo, 0), min(hi, int(n_out))))
+    return tuple(box)
+
+
 class NnUNetPredictor:
     """Built once per model / folds / device / TTA setting; ``predict`` many images."""
 
     def __init__(self, model: NnUNetModel, *, device: str | torch.device = "cpu", tta: bool = False,
                  ensemble: str = "logits", batch_size: int | None = None, tile_step: float = 0.5,
-                 channels_last: bool | None = None, fast_norm: bool = True) -> None:
+                 channels_last: bool | None = None, fast_norm: bool = True,
+                 roi_tiling: str = "image") -> None:
         if ensemble not in ENSEMBLES:
             raise ValueError(f"ensemble must be one of {ENSEMBLES}, not {ensemble!r}")
         self.model = model
@@ -90,6 +114,9 @@ class NnUNetPredictor:
         self.tta = bool(tta)
         self.ensemble = ensemble
         self.tile_step = float(tile_step)
+        if roi_tiling not in ROI_TILINGS:
+            raise ValueError(f"roi_tiling must be one of {ROI_TILINGS}, not {roi_tiling!r}")
+        self.roi_tiling = roi_tiling
         self.config = model.config
         self.orientation = str(model.dataset_json.get("image_orientation", "LPI"))
         ori.sct_to_axcodes(self.orientation)  # fail early on a bad dataset.json value
@@ -136,22 +163,43 @@ class NnUNetPredictor:
         self._loaded_fold = fold
 
     # ---- NIfTI in, probabilities on the input grid out -------------------------------------------
-    def predict(self, img: nib.Nifti1Image) -> np.ndarray:
-        """Class probabilities (n_classes, *img.shape) float32, on the exact grid of ``img``."""
+    def predict(self, img: nib.Nifti1Image, roi: Sequence[slice] | None = None) -> np.ndarray:
+        """Class probabilities (n_classes, *img.shape) float32, on the exact grid of ``img``.
+
+        ``roi``: a box of voxels of ``img`` (one slice per axis); outside it the background class has
+        probability 1. The image is normalised and resampled whole, as without ``roi``. With
+        ``roi_tiling="image"`` only the whole image's sliding windows that overlap the box run, so
+        inside the box the probabilities ARE the whole image's (same windows, same weights); with
+        ``"box"`` the box, widened to at least a patch, is tiled on its own (fewer windows).
+        """
         data = np.asarray(img.get_fdata(dtype=np.float32))
         if data.ndim != 3:
             raise ValueError(f"expected a 3D image, got shape {data.shape}")
         oriented, reo = ori.to_sct_orientation(data, img.affine, self.orientation)
         zooms = reo.zooms(img.header.get_zooms()[:3])
-        probs = self.predict_array(ori.xyz_to_zyx(oriented)[None], ori.reverse_spacing(zooms))
-        out = reo.undo(ori.xyz_to_zyx(probs))
-        return np.ascontiguousarray(out, dtype=np.float32)
+        roi_mask = None
+        if roi is not None:  # the box goes through the same flips and transposes as the image
+            roi = tuple(roi)
+            box = np.zeros(data.shape, bool)
+            box[roi] = True
+            roi_mask = ori.xyz_to_zyx(reo.apply(box))
+        probs = self.predict_array(ori.xyz_to_zyx(oriented)[None], ori.reverse_spacing(zooms),
+                                   roi=roi_mask)
+        out = np.ascontiguousarray(reo.undo(ori.xyz_to_zyx(probs)), dtype=np.float32)
+        if roi is not None:
+            outside = np.ones(data.shape, bool)
+            outside[roi] = False
+            out[:, outside] = 0
+            out[0, outside] = 1
+        return out
 
     # ---- nnU-Net's array path (predict_single_npy_array) -------------------------------------------
     @torch.inference_mode()
-    def predict_array(self, data: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    def predict_array(self, data: np.ndarray, spacing: Sequence[float],
+                      roi: np.ndarray | None = None) -> np.ndarray:
         """``nnUNetPredictor.predict_single_npy_array`` probabilities for ``data`` (c, x, y, z) in
-        nnU-Net axis order with ``spacing`` for those axes."""
+        nnU-Net axis order with ``spacing`` for those axes; ``roi`` (bool, x, y, z): only the windows
+        that overlap its bounding box are run (exact inside that box, see :meth:`predict`)."""
         tf = [int(i) for i in self.model.plans.get("transpose_forward", [0, 1, 2])]
         tb = [int(i) for i in self.model.plans.get("transpose_backward", np.argsort(tf))]
         data = np.ascontiguousarray(data.transpose([0, *[i + 1 for i in tf]]), dtype=np.float32)
@@ -162,22 +210,62 @@ class NnUNetPredictor:
         shape_cropped = data.shape[1:]
         target = [float(s) for s in self.config["spacing"]]
         new_shape = compute_new_shape(shape_cropped, spacing_t, target)
+        # normalised on the whole (non-zero) image, as nnU-Net does, whatever the roi: the network sees
+        # the same values in the windows it runs
         data = normalize(data, mask, self.config,
                          self.model.plans.get("foreground_intensity_properties_per_channel"))
         data = resample_to_shape(data, new_shape, spacing_t, target, **self._data_kw)
+        region = None
+        if roi is not None:
+            roi = roi.transpose(tf)[bbox_slices(bbox)]
+            region = roi_box_in_network_space(roi, new_shape)
+            if region is None:  # the roi holds no image voxel: nothing to run, background everywhere
+                full = np.zeros((self.model.num_classes, *shape_before), dtype=np.float32)
+                full[0] = 1
+                return full.transpose([0, *[i + 1 for i in tb]])
         probs = self._probabilities(torch.from_numpy(np.ascontiguousarray(data)), shape_cropped, target,
-                                    spacing_t)
+                                    spacing_t, region)
         full = np.zeros((probs.shape[0], *shape_before), dtype=np.float32)
         full[0] = 1  # background outside the crop, as nnU-Net's revert_cropping_on_probabilities
         insert_crop(full, probs, bbox)
         return full.transpose([0, *[i + 1 for i in tb]])
 
-    def _fold_logits(self, data: torch.Tensor, fold: int | str, out: torch.Tensor | None) -> torch.Tensor:
+    def _fold_logits(self, data: torch.Tensor, fold: int | str, out: torch.Tensor | None,
+                     region: tuple[slice, ...] | None = None) -> torch.Tensor:
         self._load_fold(fold)
-        return sliding_window_logits(self.network, data, self.config["patch_size"],
-                                     self.model.num_classes, mirror_axes=self.mirror_axes,
-                                     step=self.tile_step, batch_size=self.batch_size,
-                                     device=self.device, channels_last=self.channels_last, out=out)
+        kw = {"mirror_axes": self.mirror_axes, "step": self.tile_step, "batch_size": self.batch_size,
+              "device": self.device, "channels_last": self.channels_last}
+        patch, n = self.config["patch_size"], self.model.num_classes
+        if region is None or self.roi_tiling == "image":
+            return sliding_window_logits(self.network, data, patch, n, out=out, region=region, **kw)
+        # "box": the box alone, on its own windows; its sum goes into data's grid
+        sub = sliding_window_logits(self.network, data[(slice(None), *region)], patch, n, **kw)
+        if out is None:
+            out = torch.zeros((n, *data.shape[1:]), dtype=torch.float32)
+        out[(slice(None), *region)] += sub
+        return out
+
+    def _weights(self, shape: Sequence[int], region: tuple[slice, ...] | None) -> torch.Tensor:
+        patch = self.config["patch_size"]
+        if region is None or self.roi_tiling == "image":
+            return weight_sum(shape, patch, self.tile_step)
+        w = torch.ones(tuple(shape), dtype=torch.float32)
+        w[region] = weight_sum([r.stop - r.start for r in region], patch, self.tile_step)
+        return w
+
+    def _box_region(self, region: tuple[slice, ...] | None, shape: Sequence[int]) -> tuple[slice, ...] | None:
+        """"box" tiling: the box widened (centred, inside the image) to at least one patch per axis, so
+        its windows see image content rather than padding."""
+        if region is None or self.roi_tiling == "image":
+            return region
+        out = []
+        for r, n, p in zip(region, shape, self.config["patch_size"], strict=True):
+            lo, hi = r.start, r.stop
+            if hi - lo < p:
+                lo = max(0, min(lo - (p - (hi - lo)) // 2, n - p))
+                hi = min(n, lo + p)
+            out.append(slice(lo, hi))
+        return tuple(out)
 
     def _to_probabilities(self, logits: torch.Tensor, shape: Sequence[int], spacing_from: Sequence[float],
                           spacing_to: Sequence[float]) -> np.ndarray:
@@ -185,19 +273,20 @@ class NnUNetPredictor:
         return torch.softmax(torch.from_numpy(np.ascontiguousarray(back)), 0).numpy()
 
     def _probabilities(self, data: torch.Tensor, shape: Sequence[int], spacing_from: Sequence[float],
-                       spacing_to: Sequence[float]) -> np.ndarray:
-        weights = weight_sum(data.shape[1:], self.config["patch_size"], self.tile_step)
+                       spacing_to: Sequence[float], region: tuple[slice, ...] | None = None) -> np.ndarray:
+        region = self._box_region(region, data.shape[1:])
+        weights = self._weights(data.shape[1:], region)
         folds = self.model.folds
         if self.ensemble == "logits":
             # sum of the Gaussian-weighted fold logits, one division: the mean of nnU-Net's fold logits
             acc = None
             for fold in folds:
-                acc = self._fold_logits(data, fold, acc)
+                acc = self._fold_logits(data, fold, acc, region)
             acc /= weights * len(folds)
             return self._to_probabilities(acc, shape, spacing_from, spacing_to)
         probs = None
         for fold in folds:  # SCT: each fold's probabilities, then their mean
-            logits = self._fold_logits(data, fold, None)
+            logits = self._fold_logits(data, fold, None, region)
             logits /= weights
             p = self._to_probabilities(logits, shape, spacing_from, spacing_to)
             probs = p if probs is None else probs + p

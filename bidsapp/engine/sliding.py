@@ -75,8 +75,13 @@ def _forward(network: torch.nn.Module, x: torch.Tensor, mirror: list[tuple[int, 
 def sliding_window_logits(network: torch.nn.Module, data: torch.Tensor, patch: Sequence[int],
                           num_classes: int, *, mirror_axes: Sequence[int] | None = None,
                           step: float = 0.5, batch_size: int = 1, device: torch.device | str = "cpu",
-                          channels_last: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
+                          channels_last: bool = False, out: torch.Tensor | None = None,
+                          region: Sequence[slice] | None = None) -> torch.Tensor:
     """Gaussian-weighted sum of tile logits for ``data`` (c, x, y, z), as nnU-Net accumulates them.
+
+    ``region`` (a box of ``data``'s voxels): only the tiles that overlap it run. Every tile covering a
+    voxel of the box overlaps the box, so inside it the sum is exactly the whole image's; outside it
+    the sum is partial (callers discard it).
 
     Returns the UNNORMALISED sum (num_classes, x, y, z) float32 on the CPU, added into ``out`` if
     given (fold ensembling sums folds, then divides once: see :func:`normalise_logits`).
@@ -89,6 +94,10 @@ def sliding_window_logits(network: torch.nn.Module, data: torch.Tensor, patch: S
     mirror = mirror_combinations(mirror_axes)
     slicers = [tuple(slice(s, s + p) for s, p in zip(starts, patch, strict=True))
                for starts in itertools.product(*tile_starts(spatial, patch, step))]
+    if region is not None:  # region in padded coordinates, then the tiles that overlap it
+        region = [slice(r.start + u.start, r.stop + u.start) for r, u in zip(region, unpad, strict=True)]
+        slicers = [t for t in slicers
+                   if all(a.start < b.stop and b.start < a.stop for a, b in zip(t, region, strict=True))]
     padded = padded.to(device)
     for i in range(0, len(slicers), batch_size):
         batch = slicers[i:i + batch_size]
