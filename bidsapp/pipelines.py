@@ -4,11 +4,11 @@
 ``img``. Tasks:
 
 - ``lesion_ms``: the contrast-agnostic lesion model; mask = voxels where the lesion class wins,
-  probseg = p(lesion). With ``crop=True`` (opt-in: ``LESION_MS_CROP_DEFAULT`` is False because
-  the masks did not agree with the full image's on phantoms, see bench/RESULTS-crop.md)
-  ``spinalcord`` runs first and the lesion model sees only a box around the cord
-  (``LESION_CROP_MARGIN_MM`` in-plane, the cord's extent plus ``LESION_CROP_SI_MM`` along S-I);
-  the mask is put back on the full grid (zeros outside) and the cord mask is returned too; no cord
+  probseg = p(lesion). With ``crop`` (default ``settings.LESION_MS_CROP_DEFAULT``, on)
+  ``spinalcord`` runs first; the lesion model then runs on the whole image's preprocessing but only
+  in the sliding windows that overlap a box around the cord (``LESION_CROP_MARGIN_MM`` in-plane, the
+  cord's extent plus ``LESION_CROP_SI_MM`` along S-I): inside the box the result IS the whole
+  image's, outside it is zero (bench/RESULTS-crop.md); the cord mask is returned too; no cord
   found falls back to the whole image with a warning;
 - ``spinalcord``: the contrast-agnostic cord model; mask = cord class wins, probseg = p(cord);
 - ``lesion_ms_mp2rage``: ``spinalcord`` first, crop around the cord (dilated 30 mm in-plane and 5
@@ -39,6 +39,7 @@ from nibabel.affines import voxel_sizes
 from .engine import NnUNetModel, NnUNetPredictor, resolve_device
 from .errors import ConfigError
 from .imaging import like
+from .settings import LESION_MS_CROP_DEFAULT
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +54,12 @@ TASK_MODELS: dict[str, tuple[str, ...]] = {
 }
 CROP_MARGIN_MM = 30.0      # in-plane dilation of the cord box before the MP2RAGE model
 CROP_MARGIN_SLICES = 5     # along the cord (the array axis closest to S-I)
-# lesion_ms cord crop (a speed lever, not a model requirement): margins chosen by measurement in
-# bench/lesion_ms_crop.py (agreement with the full image on phantoms; SCT master pads ~30 mm in-plane)
+# lesion_ms box around the cord: the result inside it is the whole image's whatever the margins, so
+# they only say how far from the cord lesions are looked for (lesions are in the cord; the margin
+# absorbs an under-segmented cord) and how many windows run
 LESION_CROP_MARGIN_MM = 10.0   # in-plane, around the cord's bounding box
 LESION_CROP_SI_MM = 15.0       # along S-I, beyond the cord's extent
-# Off: on phantoms the cropped masks agreed with the full image's at Dice 0.38-0.94 only (< 0.99),
-# because nnU-Net's z-score statistics change with the crop (bench/RESULTS-crop.md)
-LESION_MS_CROP_DEFAULT = False
+CORD_LOCATE_TILE_STEP = 1.0    # window step of the cord pass that places the lesion_ms box
 _CLASS_HINTS = {"lesion_ms": ("lesion",), "lesion_ms_mp2rage": ("lesion",), "spinalcord": ("cord", "sc")}
 
 
@@ -84,10 +84,23 @@ def _resolve(name: str, models: Mapping[str, Any] | None, models_dir: str | Path
     return registry.locate(name, models_dir=models_dir, demo=demo)
 
 
+def lesion_ms_crops(crop: bool | None) -> bool:
+    """Whether ``lesion_ms`` runs on the box around the cord (``None``: ``LESION_MS_CROP_DEFAULT``)."""
+    return LESION_MS_CROP_DEFAULT if crop is None else bool(crop)
+
+
+def crop_parameters(crop: bool | None) -> dict[str, Any] | None:
+    """What the cord box changes in a ``lesion_ms`` result (for up-to-date checks), None when off."""
+    if not lesion_ms_crops(crop):
+        return None
+    return {"margin_mm": LESION_CROP_MARGIN_MM, "margin_si_mm": LESION_CROP_SI_MM, "windows": "image",
+            "cord_tile_step": CORD_LOCATE_TILE_STEP}
+
+
 def task_models(task: str, *, crop: bool | None = None) -> tuple[str, ...]:
     """The models a task runs, in order: ``lesion_ms`` needs ``spinalcord`` only when it crops
     (``crop=None``: ``LESION_MS_CROP_DEFAULT``)."""
-    if task == "lesion_ms" and (LESION_MS_CROP_DEFAULT if crop is None else crop):
+    if task == "lesion_ms" and lesion_ms_crops(crop):
         return ("spinalcord", "lesion_ms")
     return TASK_MODELS.get(task, (task,))
 
@@ -134,12 +147,14 @@ def class_index(labels: Mapping[str, int], task: str) -> int:
 
 # ---- nnU-Net tasks ----------------------------------------------------------------------------------
 def _run_nnunet(img: nib.Nifti1Image, task: str, located: Any, settings: dict,
-                roi: tuple[slice, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                roi: tuple[slice, ...] | None = None,
+                tile_step: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(mask bool, probability float32) of the task's class on the grid of ``img``; with ``roi`` only
-    the windows overlapping that box run (exact inside it, background outside)."""
+    the windows overlapping that box run (exact inside it, background outside); ``tile_step``: the
+    window step (default nnU-Net's 0.5)."""
     predictor = get_predictor(_path(located), folds=settings["folds"], device=settings["device"],
                               tta=settings["tta"], ensemble=settings["ensemble"])
-    probs = predictor.predict(img, roi=roi)
+    probs = predictor.predict(img, roi=roi, tile_step=tile_step)
     settings.setdefault("folds_used", {})[task] = list(predictor.model.folds)
     if task == "nnunet":  # any foreground class wins
         return probs.argmax(0) != 0, 1.0 - probs[0]
@@ -206,7 +221,11 @@ def _segment_around_cord(img: nib.Nifti1Image, task: str, models: Any, settings:
     as SCT documents. No cord found: the whole image is segmented, with a warning. The box (or None) and
     whether the mask touches it go into ``settings`` for the provenance.
     """
-    cord, _ = _run_nnunet(img, "spinalcord", models["spinalcord"], settings)
+    # for lesion_ms the cord only places the box: windows at step 1 (no overlap to blend) find it
+    # for a third of the work; the mp2rage model's input IS the crop, so it gets SCT's cord mask
+    step = CORD_LOCATE_TILE_STEP if whole_image_context else None
+    cord, _ = _run_nnunet(img, "spinalcord", models["spinalcord"], settings, tile_step=step)
+    settings["cord_tile_step"] = step or 0.5
     box = box_of(cord, img.affine)
     if box is None:
         log.warning("%s: no spinal cord found; segmenting the whole image instead of a crop", task)
@@ -237,8 +256,9 @@ def segment(img: nib.Nifti1Image, *, task: str, models: Mapping[str, Any] | None
             demo: bool = False) -> SegmentationResult:
     """Segment one image with one task; every output is on the exact grid of ``img``.
 
-    ``crop``: ``lesion_ms`` crops around the cord with ``crop=True`` (None: ``LESION_MS_CROP_DEFAULT``,
-    off); ``lesion_ms_mp2rage`` always crops (``False`` is refused: the model was trained on crops);
+    ``crop``: ``lesion_ms`` runs on the box around the cord with ``crop=True`` (None:
+    ``LESION_MS_CROP_DEFAULT``, on); ``lesion_ms_mp2rage`` always crops (``False`` is refused: the
+    model was trained on crops);
     other tasks ignore it.
     """
     if task not in TASKS:
@@ -246,7 +266,7 @@ def segment(img: nib.Nifti1Image, *, task: str, models: Mapping[str, Any] | None
     if crop is False and task == "lesion_ms_mp2rage":
         raise ConfigError("lesion_ms_mp2rage needs the crop around the cord (trained on cropped images)")
     start = time.perf_counter()
-    cropping = task == "lesion_ms" and (LESION_MS_CROP_DEFAULT if crop is None else bool(crop))
+    cropping = task == "lesion_ms" and lesion_ms_crops(crop)
     located = {name: _resolve(name, models, models_dir, demo) for name in task_models(task, crop=cropping)}
     if task in LEGACY_TASKS:
         return _segment_legacy(img, task, located, device, start)
@@ -274,6 +294,8 @@ def segment(img: nib.Nifti1Image, *, task: str, models: Mapping[str, Any] | None
     elif task == "lesion_ms":  # box None: no crop asked, or no cord found (whole image segmented)
         provenance["crop"] = {"enabled": cropping, "box_voxels": settings.get("crop"),
                               "margin_mm": LESION_CROP_MARGIN_MM, "margin_si_mm": LESION_CROP_SI_MM,
+                              "windows": "whole-image windows overlapping the box",
+                              "cord_tile_step": settings.get("cord_tile_step"),
                               "mask_touches_box": settings.get("crop_touches", False)}
     return SegmentationResult(
         mask=like(img, mask.astype(np.uint8), np.uint8),

@@ -190,7 +190,7 @@ def _process(item: WorkItem, settings: Settings, start: float) -> None:
     img = load_image(job.source.path)
     state = item.state if item.state is not None else job_state(job, settings, item.models)
     result = pipelines.segment(img, task=job.task, models=item.models, device=settings.device,
-                               tta=settings.tta, folds=settings.folds, crop=settings.crop or None)
+                               tta=settings.tta, folds=settings.folds, crop=settings.crop)
     stats = lesion_stats(result.mask)
     provenance = _provenance(item, settings, result, stats, state, time.perf_counter() - start)
     derivatives.write_segmentation(

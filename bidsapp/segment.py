@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from .argtypes import flatten_folds, folds
+from .settings import CROP_HELP
 
 EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_FAILURE = 64, 65, 66, 1
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -64,12 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--soft", type=_nifti_path, metavar="PROBMAP",
                    help="also write the probability map (float32 in [0, 1])")
     p.add_argument("--cord", type=_nifti_path, metavar="CORDMASK",
-                   help="lesion_ms_mp2rage: also write the cord mask used for the crop")
+                   help="also write the cord mask the box around the cord came from (lesion_ms_mp2rage; "
+                        "lesion_ms unless --no-crop)")
     p.add_argument("--tta", action="store_true",
                    help="mirroring test-time augmentation (off by default, as in SCT)")
-    p.add_argument("--crop", action="store_true",
-                   help="lesion_ms: segment only a box around the cord found by spinalcord (faster; off by "
-                        "default, masks may differ from the whole image's: README, Performance)")
+    p.add_argument("--crop", action=argparse.BooleanOptionalAction, default=None,
+                   help="lesion_ms: run spinalcord first and only the windows that overlap a box around the "
+                        "cord (identical to the whole image inside the box, nothing outside it); default: "
+                        + CROP_HELP)
     p.add_argument("--folds", nargs="+", type=folds, metavar="K",
                    help="folds to use, e.g. 0 1 or 0,1 (default: every fold of the model)")
     p.add_argument("--ensemble", choices=("logits", "probabilities"), default="logits",
@@ -155,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     img = load_image(args.input)
     result = pipelines.segment(img, task=task, models=models, device=args.device, tta=args.tta,
                                folds=flatten_folds(args.folds), ensemble=args.ensemble,
-                               models_dir=args.models_dir, demo=args.demo, crop=True if args.crop else None)
+                               models_dir=args.models_dir, demo=args.demo, crop=args.crop)
     atomic_save_nifti(result.mask, args.output)
     if args.soft is not None and result.probseg is not None:
         atomic_save_nifti(result.probseg, args.soft)

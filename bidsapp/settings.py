@@ -10,6 +10,12 @@ from typing import Any
 
 from . import __version__
 
+#: ``lesion_ms`` on a box around the cord unless told otherwise (``--crop`` / ``--no-crop``): inside the
+#: box the result is the whole image's (bench/RESULTS-crop.md); here, not in pipelines, so that the
+#: command lines can say the default without importing torch
+LESION_MS_CROP_DEFAULT = True
+CROP_HELP = "on (--no-crop: the whole image)" if LESION_MS_CROP_DEFAULT else "off"
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -47,8 +53,9 @@ class Settings:
     """Mirroring test-time augmentation (8 passes in 3D; off by default as in SCT)."""
     folds: tuple[int, ...] | None = None
     """nnU-Net folds to ensemble (None: every fold in the model folder)."""
-    crop: bool = False
-    """lesion_ms on a box around the cord (``--crop``; spinalcord runs first)."""
+    crop: bool | None = None
+    """lesion_ms on a box around the cord, spinalcord first (``--crop`` / ``--no-crop``; None: the
+    pipelines' default, ``pipelines.LESION_MS_CROP_DEFAULT``)."""
     overwrite: bool = False
     """Recompute images whose outputs are up to date."""
     dry_run: bool = False
@@ -65,8 +72,11 @@ class Settings:
     def parameters(self) -> dict[str, Any]:
         """The settings that change a segmentation's result (recorded for up-to-date checks)."""
         params = {"tta": self.tta, "folds": list(self.folds) if self.folds is not None else None}
-        if self.crop:  # only when on, so sidecars written before the option stay up to date
-            params["crop"] = True
+        from .pipelines import crop_parameters  # imports torch: only when asked
+
+        crop = crop_parameters(self.crop)
+        if crop is not None:  # only when on, so sidecars written with it off stay up to date
+            params["crop"] = crop
         return params
 
     def dumps(self) -> str:

@@ -140,7 +140,7 @@ def fake_models(monkeypatch):
     monkeypatch.setattr(pipelines, "segment", fake_segment)
     monkeypatch.setattr(runner, "locate_models", lambda tasks, settings: {
         name: FakeModel(name, Path("/m"), sha256={"w": "0" * 64})
-        for task in tasks for name in runner.TASK_MODELS[task]})
+        for task in tasks for name in pipelines.task_models(task, crop=settings.crop)})
 
 
 def test_dry_run_writes_nothing(dirs, fake_models, capsys, tmp_path):

@@ -178,7 +178,7 @@ def test_box_tiling_runs_the_box_alone(folders, images):
     for tiling in ("image", "box"):
         pred = NnUNetPredictor(model, roi_tiling=tiling)
         calls, forward = [], pred.network.forward
-        pred.network.forward = lambda x, calls=calls, forward=forward: (calls.append(x.shape[0]), forward(x))[1]
+        pred.network.forward = lambda x, c=calls, f=forward: (c.append(x.shape[0]), f(x))[1]
         out = pred.predict(img, roi=(slice(30, 40), slice(30, 38), slice(4, 8)))
         assert np.isfinite(out).all() and np.allclose(out.sum(0), 1, atol=1e-5)
         counts[tiling] = sum(calls)

@@ -16,7 +16,7 @@ def folder(tmp_path_factory):
 
 def test_lesion_ms_outputs_and_provenance(folder):
     img = make_image("las", seed=3)
-    res = pipelines.segment(img, task="lesion_ms", models={"lesion_ms": folder}, device="cpu")
+    res = pipelines.segment(img, task="lesion_ms", models={"lesion_ms": folder}, device="cpu", crop=False)
     probs = pipelines.get_predictor(folder, device="cpu").predict(img)
     for out in (res.mask, res.probseg):
         assert out.shape == img.shape
@@ -56,11 +56,12 @@ def test_mp2rage_crops_around_the_cord_and_puts_back(folder, monkeypatch):
     real = pipelines._run_nnunet
     calls = []
 
-    def fake(image, task, located, settings):
+    def fake(image, task, located, settings, **kw):
         calls.append((task, image.shape))
         if task == "spinalcord":
+            assert kw.get("tile_step") is None  # the MP2RAGE model's input is the crop: SCT's cord mask
             return cord, cord.astype(np.float32)
-        return real(image, task, located, settings)
+        return real(image, task, located, settings, **kw)
 
     monkeypatch.setattr(pipelines, "_run_nnunet", fake)
     res = pipelines.segment(img, task="lesion_ms_mp2rage", device="cpu",

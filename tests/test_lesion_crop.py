@@ -30,7 +30,7 @@ def test_crop_path_agrees_with_whole_image_on_the_input_grid(monkeypatch):
     ph = make_phantom("T2w", rng=np.random.default_rng(8), orientation=("R", "A", "S"),
                       voxel_size=(0.8, 0.8, 0.8), fov_mm=(56.0, 56.0, 40.0))
     truth = np.asarray(ph.lesion.dataobj) > 0
-    full = pipelines.segment(ph.image, task="lesion_ms", demo=True, device="cpu")  # default: no crop
+    full = pipelines.segment(ph.image, task="lesion_ms", demo=True, device="cpu", crop=False)
     crop = pipelines.segment(ph.image, task="lesion_ms", demo=True, device="cpu", crop=True)
     assert full.provenance["crop"]["enabled"] is False and full.cord is None
     assert set(full.provenance["models"]) == {"lesion_ms"}
@@ -57,30 +57,44 @@ def test_crop_path_agrees_with_whole_image_on_the_input_grid(monkeypatch):
 
 
 def test_task_models_need_the_cord_model_only_when_cropping():
-    assert pipelines.task_models("lesion_ms") == ("lesion_ms",)
+    assert pipelines.task_models("lesion_ms", crop=False) == ("lesion_ms",)
     assert pipelines.task_models("lesion_ms", crop=True) == ("spinalcord", "lesion_ms")
     assert pipelines.task_models("lesion_ms_mp2rage", crop=False) == ("spinalcord", "lesion_ms_mp2rage")
 
 
-def test_crop_switch_in_both_parsers_and_parameters(tmp_path: Path):
+def test_crop_switch_in_both_parsers_and_parameters(tmp_path: Path, monkeypatch):
     app = cli.build_parser()
     base = [str(tmp_path / "bids"), str(tmp_path / "out"), "participant"]
-    assert app.parse_args(base).crop is False
+    assert app.parse_args(base).crop is None  # the pipelines' default
     assert app.parse_args([*base, "--crop"]).crop is True
+    assert app.parse_args([*base, "--no-crop"]).crop is False
     seg = segment_cli.build_parser()
-    assert seg.parse_args(["-i", "x.nii.gz", "-t", "lesion_ms"]).crop is False
+    assert seg.parse_args(["-i", "x.nii.gz", "-t", "lesion_ms"]).crop is None
     assert seg.parse_args(["-i", "x.nii.gz", "-t", "lesion_ms", "--crop"]).crop is True
-    off = Settings(bids_dir=tmp_path, output_dir=tmp_path / "o")
+    assert seg.parse_args(["-i", "x.nii.gz", "-t", "lesion_ms", "--no-crop"]).crop is False
+    default = Settings(bids_dir=tmp_path, output_dir=tmp_path / "o")
+    off = Settings(bids_dir=tmp_path, output_dir=tmp_path / "o", crop=False)
     on = Settings(bids_dir=tmp_path, output_dir=tmp_path / "o", crop=True)
-    assert "crop" not in off.parameters() and on.parameters()["crop"] is True
-    assert on.to_dict()["crop"] is True
+    # off: no key, so sidecars written before the option stay up to date; on: what the box depends on
+    assert "crop" not in off.parameters()
+    assert on.parameters()["crop"] == {"margin_mm": pipelines.LESION_CROP_MARGIN_MM,
+                                       "margin_si_mm": pipelines.LESION_CROP_SI_MM, "windows": "image",
+                                       "cord_tile_step": pipelines.CORD_LOCATE_TILE_STEP}
+    assert default.parameters() == (on if pipelines.LESION_MS_CROP_DEFAULT else off).parameters()
+    assert on.to_dict()["crop"] is True and default.to_dict()["crop"] is None
+    # the default follows the pipelines' constant
+    monkeypatch.setattr(pipelines, "LESION_MS_CROP_DEFAULT", not pipelines.LESION_MS_CROP_DEFAULT)
+    assert default.parameters() == (on if pipelines.LESION_MS_CROP_DEFAULT else off).parameters()
+    expected = ("spinalcord", "lesion_ms") if pipelines.LESION_MS_CROP_DEFAULT else ("lesion_ms",)
+    assert pipelines.task_models("lesion_ms") == expected
 
 
-@pytest.mark.parametrize("crop", [False, True])
+@pytest.mark.parametrize("crop", [False, True, None])
 def test_runner_locates_the_cord_model_only_when_cropping(crop, tmp_path, monkeypatch):
     from bidsapp import runner
 
     settings = Settings(bids_dir=tmp_path, output_dir=tmp_path / "o", crop=crop)
     monkeypatch.setattr("bidsapp.models.locate", lambda name, **kw: name)
-    assert list(runner.locate_models(["lesion_ms"], settings)) == (["spinalcord", "lesion_ms"] if crop
+    on = pipelines.lesion_ms_crops(crop)
+    assert list(runner.locate_models(["lesion_ms"], settings)) == (["spinalcord", "lesion_ms"] if on
                                                                    else ["lesion_ms"])

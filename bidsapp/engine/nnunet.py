@@ -163,7 +163,8 @@ class NnUNetPredictor:
         self._loaded_fold = fold
 
     # ---- NIfTI in, probabilities on the input grid out -------------------------------------------
-    def predict(self, img: nib.Nifti1Image, roi: Sequence[slice] | None = None) -> np.ndarray:
+    def predict(self, img: nib.Nifti1Image, roi: Sequence[slice] | None = None,
+                tile_step: float | None = None) -> np.ndarray:
         """Class probabilities (n_classes, *img.shape) float32, on the exact grid of ``img``.
 
         ``roi``: a box of voxels of ``img`` (one slice per axis); outside it the background class has
@@ -171,6 +172,7 @@ class NnUNetPredictor:
         ``roi_tiling="image"`` only the whole image's sliding windows that overlap the box run, so
         inside the box the probabilities ARE the whole image's (same windows, same weights); with
         ``"box"`` the box, widened to at least a patch, is tiled on its own (fewer windows).
+        ``tile_step``: this call's window step (default: the predictor's, nnU-Net's 0.5).
         """
         data = np.asarray(img.get_fdata(dtype=np.float32))
         if data.ndim != 3:
@@ -184,7 +186,7 @@ class NnUNetPredictor:
             box[roi] = True
             roi_mask = ori.xyz_to_zyx(reo.apply(box))
         probs = self.predict_array(ori.xyz_to_zyx(oriented)[None], ori.reverse_spacing(zooms),
-                                   roi=roi_mask)
+                                   roi=roi_mask, tile_step=tile_step)
         out = np.ascontiguousarray(reo.undo(ori.xyz_to_zyx(probs)), dtype=np.float32)
         if roi is not None:
             outside = np.ones(data.shape, bool)
@@ -195,8 +197,8 @@ class NnUNetPredictor:
 
     # ---- nnU-Net's array path (predict_single_npy_array) -------------------------------------------
     @torch.inference_mode()
-    def predict_array(self, data: np.ndarray, spacing: Sequence[float],
-                      roi: np.ndarray | None = None) -> np.ndarray:
+    def predict_array(self, data: np.ndarray, spacing: Sequence[float], roi: np.ndarray | None = None,
+                      tile_step: float | None = None) -> np.ndarray:
         """``nnUNetPredictor.predict_single_npy_array`` probabilities for ``data`` (c, x, y, z) in
         nnU-Net axis order with ``spacing`` for those axes; ``roi`` (bool, x, y, z): only the windows
         that overlap its bounding box are run (exact inside that box, see :meth:`predict`)."""
@@ -223,17 +225,18 @@ class NnUNetPredictor:
                 full = np.zeros((self.model.num_classes, *shape_before), dtype=np.float32)
                 full[0] = 1
                 return full.transpose([0, *[i + 1 for i in tb]])
+        step = self.tile_step if tile_step is None else float(tile_step)
         probs = self._probabilities(torch.from_numpy(np.ascontiguousarray(data)), shape_cropped, target,
-                                    spacing_t, region)
+                                    spacing_t, region, step)
         full = np.zeros((probs.shape[0], *shape_before), dtype=np.float32)
         full[0] = 1  # background outside the crop, as nnU-Net's revert_cropping_on_probabilities
         insert_crop(full, probs, bbox)
         return full.transpose([0, *[i + 1 for i in tb]])
 
     def _fold_logits(self, data: torch.Tensor, fold: int | str, out: torch.Tensor | None,
-                     region: tuple[slice, ...] | None = None) -> torch.Tensor:
+                     region: tuple[slice, ...] | None, step: float) -> torch.Tensor:
         self._load_fold(fold)
-        kw = {"mirror_axes": self.mirror_axes, "step": self.tile_step, "batch_size": self.batch_size,
+        kw = {"mirror_axes": self.mirror_axes, "step": step, "batch_size": self.batch_size,
               "device": self.device, "channels_last": self.channels_last}
         patch, n = self.config["patch_size"], self.model.num_classes
         if region is None or self.roi_tiling == "image":
@@ -245,12 +248,12 @@ class NnUNetPredictor:
         out[(slice(None), *region)] += sub
         return out
 
-    def _weights(self, shape: Sequence[int], region: tuple[slice, ...] | None) -> torch.Tensor:
+    def _weights(self, shape: Sequence[int], region: tuple[slice, ...] | None, step: float) -> torch.Tensor:
         patch = self.config["patch_size"]
         if region is None or self.roi_tiling == "image":
-            return weight_sum(shape, patch, self.tile_step)
+            return weight_sum(shape, patch, step)
         w = torch.ones(tuple(shape), dtype=torch.float32)
-        w[region] = weight_sum([r.stop - r.start for r in region], patch, self.tile_step)
+        w[region] = weight_sum([r.stop - r.start for r in region], patch, step)
         return w
 
     def _box_region(self, region: tuple[slice, ...] | None, shape: Sequence[int]) -> tuple[slice, ...] | None:
@@ -273,20 +276,21 @@ class NnUNetPredictor:
         return torch.softmax(torch.from_numpy(np.ascontiguousarray(back)), 0).numpy()
 
     def _probabilities(self, data: torch.Tensor, shape: Sequence[int], spacing_from: Sequence[float],
-                       spacing_to: Sequence[float], region: tuple[slice, ...] | None = None) -> np.ndarray:
+                       spacing_to: Sequence[float], region: tuple[slice, ...] | None,
+                       step: float) -> np.ndarray:
         region = self._box_region(region, data.shape[1:])
-        weights = self._weights(data.shape[1:], region)
+        weights = self._weights(data.shape[1:], region, step)
         folds = self.model.folds
         if self.ensemble == "logits":
             # sum of the Gaussian-weighted fold logits, one division: the mean of nnU-Net's fold logits
             acc = None
             for fold in folds:
-                acc = self._fold_logits(data, fold, acc, region)
+                acc = self._fold_logits(data, fold, acc, region, step)
             acc /= weights * len(folds)
             return self._to_probabilities(acc, shape, spacing_from, spacing_to)
         probs = None
         for fold in folds:  # SCT: each fold's probabilities, then their mean
-            logits = self._fold_logits(data, fold, None, region)
+            logits = self._fold_logits(data, fold, None, region, step)
             logits /= weights
             p = self._to_probabilities(logits, shape, spacing_from, spacing_to)
             probs = p if probs is None else probs + p
