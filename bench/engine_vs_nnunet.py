@@ -60,6 +60,7 @@ def _sharpen(state: dict, plans: dict, patch) -> dict:
     """Scale the last layer so logits are decisive; bias at the median so ~half the tile is lesion."""
     import torch
 
+    from bidsapp.demo.modelfolder import clone_shared
     from bidsapp.engine.network import build_network
 
     net = build_network(plans, "3d_fullres", 1, 2)
@@ -72,7 +73,7 @@ def _sharpen(state: dict, plans: dict, patch) -> dict:
     with torch.inference_mode():
         diff = (lambda o: o[0, 1] - o[0, 0])(net(tile)).flatten()
     scale = 8.0 / float(diff.std() + 1e-6)
-    state = {k: v.clone() for k, v in state.items()}
+    state = clone_shared(state)  # aliases (decoder.encoder., all_modules) stay one tensor, as in nnU-Net
     state[w] *= scale
     b = w[: -len("weight")] + "bias"
     state[b] *= scale

@@ -76,6 +76,8 @@ def _options(config: dict[str, Any]) -> tuple[str, ...]:
     for flag in ("demo", "tta"):
         if config.get(flag):
             opts.append(f"--{flag}")
+    if config.get("crop") is not None:  # lesion_ms around the cord (default) or the whole image
+        opts.append("--crop" if config["crop"] else "--no-crop")
     if config.get("device"):
         opts += ["--device", str(config["device"])]
     if config.get("omp_nthreads"):

@@ -11,7 +11,13 @@ import pytest
 import torch
 from nibabel import orientations as nio
 
-from bidsapp.demo.modelfolder import make_dataset_json, make_plans, random_state_dict, write_model_folder
+from bidsapp.demo.modelfolder import (
+    clone_shared,
+    make_dataset_json,
+    make_plans,
+    random_state_dict,
+    write_model_folder,
+)
 from bidsapp.engine.network import build_network
 
 PLAN_SPACING = (3.0, 0.8, 0.8)  # nnU-Net axis order [z, y, x] of the LPI image: anisotropic, ratio 3.75
@@ -42,7 +48,7 @@ def _decisive(state: dict, plans: dict, seed: int) -> dict:
         feats = net(x[..., : PATCH[0], : PATCH[1], : PATCH[2]])
     diff = (feats[0, 1] - feats[0, 0]).flatten()
     scale = 8.0 / float(diff.std() + 1e-6)
-    state = {k: v.clone() for k, v in state.items()}
+    state = clone_shared(state)  # aliases (decoder.encoder., all_modules) stay one tensor, as in nnU-Net
     state[prefix + "weight"] *= scale
     state[prefix + "bias"] *= scale
     shift = float(torch.quantile(diff * scale, 0.45))

@@ -54,6 +54,12 @@ def test_read_config_maps_keys_metadata_and_parameters(tmp_path):
                                "unit1": (tmp_path / "in2" / "unit1.nii").absolute()}
     assert job_spec.app_options == ("--skip_bids_validator", "--demo", "--device", "cpu",
                                     "--omp-nthreads", "3")
+    # crop: absent or null -> the app's default; true/false -> --crop / --no-crop
+    for crop, flag in ((False, "--no-crop"), (True, "--crop")):
+        job_spec = brainlife.read_config(_config(job, t2w="../in1/t2.nii.gz", crop=crop))
+        assert flag in job_spec.app_options and "--crop" not in job_spec.app_options[:-1]
+    assert not any("crop" in o for o in brainlife.read_config(_config(job, t2w="../in1/t2.nii.gz",
+                                                                      crop=None)).app_options)
 
 
 @pytest.mark.parametrize(("content", "message"), [

@@ -215,7 +215,7 @@ def make_checkpoint(state_dict: Mapping[str, torch.Tensor], *, plans: dict, data
         "epoch_end_timestamps": [1.0] * epochs,
     }
     return {
-        "network_weights": _clone_shared(state_dict),
+        "network_weights": clone_shared(state_dict),
         "optimizer_state": optimizer_state,
         "grad_scaler_state": None,
         "logging": logging,
@@ -229,7 +229,7 @@ def make_checkpoint(state_dict: Mapping[str, torch.Tensor], *, plans: dict, data
     }
 
 
-def _clone_shared(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def clone_shared(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """CPU copies that keep tensors shared between keys shared (ResidualEncoderUNet lists every
     encoder weight again under ``decoder.encoder.`` and ``all_modules``), so ``torch.save`` stores
     each once, as nnU-Net's own checkpoints do; cloning key by key would triple the file."""
