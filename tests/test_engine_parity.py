@@ -20,7 +20,7 @@ from engine_models import (  # noqa: F401
 )
 
 from bidsapp.engine import NnUNetModel, NnUNetPredictor
-from bidsapp.engine.nnunet import _channels_last_weights
+from bidsapp.engine.nnunet import _prepare_cpu_weights
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -123,9 +123,14 @@ def test_cpu_network_uses_the_checkpoint_tensors(folders):
     assert all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in params if p.dim() == 5)
     # tensors shared in a checkpoint (nnU-Net's decoder holds the encoder) stay one tensor
     w = torch.randn(4, 2, 3, 3, 3)
-    converted = _channels_last_weights({"encoder.w": w, "decoder.encoder.w": w, "b": torch.zeros(4)})
+    converted = _prepare_cpu_weights({"encoder.w": w, "decoder.encoder.w": w, "b": torch.zeros(4)}, True)
     assert converted["encoder.w"] is converted["decoder.encoder.w"]
     assert converted["encoder.w"].is_contiguous(memory_format=torch.channels_last_3d)
+    # half-precision files run in float32, still shared
+    h = w.half()
+    converted = _prepare_cpu_weights({"encoder.w": h, "decoder.encoder.w": h}, False)
+    assert converted["encoder.w"].dtype == torch.float32
+    assert converted["encoder.w"] is converted["decoder.encoder.w"]
     pred._load_fold(1)
     ptrs1 = {t.data_ptr() for t in model.state_dicts[1].values()}
     assert all(p.data_ptr() in ptrs1 for p in pred.network.parameters())

@@ -75,21 +75,25 @@ def _return_freed_heap() -> None:
         pass
 
 
-def _channels_last_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``state`` with its 5-D (convolution) weights made channels-last 3D, IN PLACE and one tensor at a
-    time, so each original is freed before the next copy is made (the allocator reuses its memory:
-    building a second dict would hold two copies of the weights at once and leave the first as heap
-    the process keeps). Tensors shared in the checkpoint (nnU-Net's decoder holds the encoder) stay
+def _prepare_cpu_weights(state: dict[str, torch.Tensor], channels_last: bool) -> dict[str, torch.Tensor]:
+    """``state`` ready to be the network's own weights on the CPU: float32 (a half-precision file would
+    otherwise run in half precision) and, with ``channels_last``, 5-D convolution weights in
+    channels-last 3D layout. IN PLACE and one tensor at a time, so each original is freed before the
+    next copy is made; tensors shared in the checkpoint (nnU-Net's decoder holds the encoder) stay
     shared. Returns ``state``."""
     done: dict[tuple, torch.Tensor] = {}
     for key in list(state):
         value = state[key]
-        if value.dim() != 5 or value.is_contiguous(memory_format=torch.channels_last_3d):
+        to_float = value.is_floating_point() and value.dtype != torch.float32
+        relayout = channels_last and value.dim() == 5 and not value.is_contiguous(
+            memory_format=torch.channels_last_3d)
+        if not (to_float or relayout):
             continue
         ident = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape),
-                 value.stride())
+                 value.stride(), value.dtype)
         if ident not in done:
-            done[ident] = value.contiguous(memory_format=torch.channels_last_3d)
+            new = value.float() if to_float else value
+            done[ident] = new.contiguous(memory_format=torch.channels_last_3d) if relayout else new
         del value
         state[key] = done[ident]
     return state
@@ -147,13 +151,12 @@ class NnUNetPredictor:
         self.batch_size = max(1, int(batch_size if batch_size is not None else (2 if cpu else 1)))
         self.channels_last = cpu if channels_last is None else bool(channels_last)
         # On the CPU the network uses the checkpoint's tensors themselves (load_state_dict(assign=True)):
-        # no second copy of the weights, which for ResEnc-L is ~400 MB of the peak memory budget.
+        # no second copy of the weights (~250 MB for ResEnc-L; bench/RESULTS-engine.md).
         self._assign = cpu
         if cpu:
-            if self.channels_last:
-                for fold in model.folds:
-                    _channels_last_weights(model.state_dicts[fold])
-                _return_freed_heap()
+            for fold in model.folds:
+                _prepare_cpu_weights(model.state_dicts[fold], self.channels_last)
+            _return_freed_heap()
         else:
             self.network = self.network.to_empty(device=self.device)
             if self.channels_last:
