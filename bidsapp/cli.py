@@ -75,10 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="installed models folder (env CORDLESION_MODELS)")
     mod.add_argument("--demo", action="store_true", help="use the small demo models (phantom data only)")
     mod.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower)")
-    mod.add_argument("--crop", action=argparse.BooleanOptionalAction, default=None,
-                     help="lesion_ms: run spinalcord first, then only the windows that overlap a box around "
-                          "the cord (the whole image's result inside the box, nothing outside); default: "
-                          + CROP_HELP)
+    mod.add_argument("--crop", action=argparse.BooleanOptionalAction, default=None, help=CROP_HELP)
     mod.add_argument("--folds", nargs="+", type=folds, metavar="K",
                      help="nnU-Net folds to ensemble, e.g. 0 1 or 0,1 (default: all in the model)")
     mod.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",

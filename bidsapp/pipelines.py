@@ -89,12 +89,15 @@ def lesion_ms_crops(crop: bool | None) -> bool:
     return LESION_MS_CROP_DEFAULT if crop is None else bool(crop)
 
 
-def crop_parameters(crop: bool | None) -> dict[str, Any] | None:
-    """What the cord box changes in a ``lesion_ms`` result (for up-to-date checks), None when off."""
-    if not lesion_ms_crops(crop):
-        return None
+def _lesion_box_rule() -> dict[str, Any]:
+    """How the ``lesion_ms`` box is made and run (read at call time: tests and benches change the margins)."""
     return {"margin_mm": LESION_CROP_MARGIN_MM, "margin_si_mm": LESION_CROP_SI_MM, "windows": "image",
             "cord_tile_step": CORD_LOCATE_TILE_STEP}
+
+
+def crop_parameters(crop: bool | None) -> dict[str, Any] | None:
+    """What the cord box changes in a ``lesion_ms`` result (for up-to-date checks), None when off."""
+    return _lesion_box_rule() if lesion_ms_crops(crop) else None
 
 
 def task_models(task: str, *, crop: bool | None = None) -> tuple[str, ...]:
@@ -225,7 +228,6 @@ def _segment_around_cord(img: nib.Nifti1Image, task: str, models: Any, settings:
     # for a third of the work; the mp2rage model's input IS the crop, so it gets SCT's cord mask
     step = CORD_LOCATE_TILE_STEP if whole_image_context else None
     cord, _ = _run_nnunet(img, "spinalcord", models["spinalcord"], settings, tile_step=step)
-    settings["cord_tile_step"] = step or 0.5
     box = box_of(cord, img.affine)
     if box is None:
         log.warning("%s: no spinal cord found; segmenting the whole image instead of a crop", task)
@@ -292,10 +294,7 @@ def segment(img: nib.Nifti1Image, *, task: str, models: Mapping[str, Any] | None
                               "margin_slices": CROP_MARGIN_SLICES,
                               "mask_touches_box": settings.get("crop_touches", False)}
     elif task == "lesion_ms":  # box None: no crop asked, or no cord found (whole image segmented)
-        provenance["crop"] = {"enabled": cropping, "box_voxels": settings.get("crop"),
-                              "margin_mm": LESION_CROP_MARGIN_MM, "margin_si_mm": LESION_CROP_SI_MM,
-                              "windows": "whole-image windows overlapping the box",
-                              "cord_tile_step": settings.get("cord_tile_step"),
+        provenance["crop"] = {"enabled": cropping, "box_voxels": settings.get("crop"), **_lesion_box_rule(),
                               "mask_touches_box": settings.get("crop_touches", False)}
     return SegmentationResult(
         mask=like(img, mask.astype(np.uint8), np.uint8),

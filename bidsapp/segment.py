@@ -69,10 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "lesion_ms unless --no-crop)")
     p.add_argument("--tta", action="store_true",
                    help="mirroring test-time augmentation (off by default, as in SCT)")
-    p.add_argument("--crop", action=argparse.BooleanOptionalAction, default=None,
-                   help="lesion_ms: run spinalcord first and only the windows that overlap a box around the "
-                        "cord (identical to the whole image inside the box, nothing outside it); default: "
-                        + CROP_HELP)
+    p.add_argument("--crop", action=argparse.BooleanOptionalAction, default=None, help=CROP_HELP)
     p.add_argument("--folds", nargs="+", type=folds, metavar="K",
                    help="folds to use, e.g. 0 1 or 0,1 (default: every fold of the model)")
     p.add_argument("--ensemble", choices=("logits", "probabilities"), default="logits",

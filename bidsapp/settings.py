@@ -14,7 +14,10 @@ from . import __version__
 #: box the result is the whole image's (bench/RESULTS-crop.md); here, not in pipelines, so that the
 #: command lines can say the default without importing torch
 LESION_MS_CROP_DEFAULT = True
-CROP_HELP = "on (--no-crop: the whole image)" if LESION_MS_CROP_DEFAULT else "off"
+#: the --crop / --no-crop help of both command lines (run.py and bidsapp.segment)
+CROP_HELP = ("lesion_ms: run spinalcord first, then only the windows that overlap a box around the cord (the "
+             "whole image's result inside the box, nothing outside); default: "
+             + ("on (--no-crop: the whole image)" if LESION_MS_CROP_DEFAULT else "off"))
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class Settings:
     """nnU-Net folds to ensemble (None: every fold in the model folder)."""
     crop: bool | None = None
     """lesion_ms on a box around the cord, spinalcord first (``--crop`` / ``--no-crop``; None: the
-    pipelines' default, ``pipelines.LESION_MS_CROP_DEFAULT``)."""
+    default, ``LESION_MS_CROP_DEFAULT``)."""
     overwrite: bool = False
     """Recompute images whose outputs are up to date."""
     dry_run: bool = False
