@@ -189,10 +189,13 @@ def _check_dirs(bids_dir: Path, output_dir: Path) -> tuple[Path, Path]:
     if not (bids_dir / "dataset_description.json").is_file():
         raise _Exit("no_input", f"{bids_dir}: not a BIDS dataset (no dataset_description.json)")
     real_in, real_out = bids_dir.resolve(), output_dir.resolve()
-    if real_out == real_in or real_in in real_out.parents:
-        suggestion = real_in.parent / f"{real_in.name}-cordlesion"
-        raise _Exit("cant_create", f"{output_dir}: output_dir is bids_dir or inside it; nothing is ever "
-                    f"written into the input dataset: use e.g. {suggestion}")
+    inside = real_out.relative_to(real_in).parts if real_out.is_relative_to(real_in) else None
+    # The BIDS convention (and fMRIPrep's): derivatives/<name>[/...] inside the dataset is fine; the
+    # indexer never reads derivatives/. Anywhere else inside it would mix outputs with the input data.
+    if inside is not None and not (len(inside) >= 2 and inside[0] == "derivatives"):
+        raise _Exit("cant_create", f"{output_dir}: output_dir is bids_dir or inside it but not in "
+                    f"derivatives/<name>: use e.g. {real_in / 'derivatives' / 'cordlesion'} "
+                    f"or {real_in.parent / (real_in.name + '-cordlesion')}")
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
