@@ -1,0 +1,58 @@
+"""The cord's angle per axial slice, as SCT 7.3's ``sct_analyze_lesion.angle_correction``.
+
+The centreline is the cord's centre of mass per axial slice (SCT ``find_and_sort_coord``), fitted by a
+smoothing cubic B-spline (SCT ``curve_fitting.bspline`` with ``smooth=20``) evaluated on every slice
+(``minmax=False``). The tangent ``(dx/dz * px, dy/dz * py, pz)`` gives ``angle_3d`` (vs S-I) and its
+projection on the sagittal plane ``(0, dy/dz * py, pz)`` gives ``angle_sagittal``. Arrays on the RPI grid.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import interpolate, ndimage
+
+#: SCT's centreline smoothing (``ParamCenterline(smooth=20)``, B-spline of degree 3).
+CENTERLINE_SMOOTH = 20.0
+
+
+@dataclass(frozen=True)
+class Angles:
+    """Per-axial-slice cord angles (radians): 3D and projected on the sagittal plane."""
+
+    angle_3d: np.ndarray
+    angle_sagittal: np.ndarray
+
+
+def cord_angles(cord: np.ndarray | None, spacing: tuple[float, float, float]) -> Angles:
+    """SCT ``angle_correction``: per slice, the angles of the fitted centreline's tangent.
+
+    Without a cord (or with fewer than 2 cord slices) every angle is 0: no correction.
+    """
+    nz = cord.shape[2] if cord is not None else 0
+    zero = Angles(np.zeros(max(nz, 1)), np.zeros(max(nz, 1)))
+    if cord is None:
+        return zero
+    zs = np.flatnonzero(cord.any(axis=(0, 1)))
+    if zs.size < 2:
+        return Angles(np.zeros(nz), np.zeros(nz))
+    com = np.array([ndimage.center_of_mass(cord[:, :, z]) for z in zs])  # (n, 2): x, y in voxels
+    px, py, pz = spacing
+    z_ref = np.arange(nz, dtype=float)
+    dx = _bspline_derivative(zs.astype(float), com[:, 0], z_ref, pz)
+    dy = _bspline_derivative(zs.astype(float), com[:, 1], z_ref, pz)
+    t3 = np.stack([dx * px, dy * py, np.full(nz, pz)], axis=1)
+    ts = np.stack([np.zeros(nz), dy * py, np.full(nz, pz)], axis=1)
+    angle_3d = np.arccos(np.clip(t3[:, 2] / np.linalg.norm(t3, axis=1), -1, 1))
+    angle_sag = np.arccos(np.clip(ts[:, 2] / np.linalg.norm(ts, axis=1), -1, 1))
+    return Angles(angle_3d, angle_sag)
+
+
+def _bspline_derivative(z: np.ndarray, v: np.ndarray, z_ref: np.ndarray, pz: float) -> np.ndarray:
+    """SCT ``curve_fitting.bspline``: smoothing factor ``density * smooth * pz / 3``, first derivative."""
+    degree = 3 if len(z) > 3 else max(1, len(z) - 1)  # SCT lowers the degree for very few points
+    density = (float(len(z)) / len(z_ref)) ** 2
+    tck = interpolate.splrep(z, v, s=density * CENTERLINE_SMOOTH * pz / 3.0, k=degree)
+    return np.asarray(interpolate.splev(z_ref, tck, der=1), float)
+
+
