@@ -188,3 +188,23 @@ def read_tsv(text: str) -> list[dict[str, str]]:
     header = lines[0].split("\t")
     return [dict(zip(header, line.split("\t"), strict=False)) for line in lines[1:]]
 
+
+
+def combine_tables(parts: Iterable[tuple[Sequence[str], str]], key_columns: Sequence[str]) -> str:
+    """One TSV from many of the same columns, each row prefixed with its part's key values (e.g.
+    participant_id, session_id, source file): the group-level per-lesion table. Text only (no parsing
+    of the numbers), so 2,000 per-image tables join in well under a second."""
+    header: str | None = None
+    lines: list[str] = []
+    for keys, text in parts:
+        rows = text.splitlines()
+        if not rows:
+            continue
+        if header is None:
+            header = rows[0]
+        elif rows[0] != header:
+            raise ValueError(f"table of {'/'.join(keys)} has other columns than the first one")
+        prefix = "\t".join(format_value(k) for k in keys) + "\t"
+        lines.extend(prefix + row for row in rows[1:] if row)
+    head = "\t".join(key_columns) + "\t" + (header or "\t".join(LesionMeasures.columns()))
+    return "\n".join([head, *lines]) + "\n"
