@@ -90,8 +90,8 @@ def test_container_command_binds_data_read_only(tmp_path):
     assert args[:2] == ["run", "--cleanenv"]
     assert ["-B", f"{tmp_path}:/data:ro"] == args[2:4] and args[4:6] == ["-B", f"{tmp_path / 'out'}:/out"]
     assert args[6] == "-B" and args[7].endswith(":/work") and args[8] == "/images/c.sif"
-    assert args[9:] == ["/data", "/out", "participant", "--participant-label", "01", "-w", "/work",
-                        "--nprocs", "1", "--omp-nthreads", "3", "--demo"]
+    assert args[9:] == ["/data", "/out", "participant", "--participant-label", "01", "--skip_bids_validator",
+                        "-w", "/work", "--nprocs", "1", "--omp-nthreads", "3", "--demo"]
     assert not list(tmp_path.glob("cordlesion_*")), "the per-task work folder must be removed"
     proc = subprocess.run(["bash", str(GROUP), str(tmp_path), str(tmp_path / "out")], env=env,
                           capture_output=True, text=True, timeout=30)
@@ -101,26 +101,99 @@ def test_container_command_binds_data_read_only(tmp_path):
         "/data", "/out", "group"]
 
 
-def test_submit_chains_the_group_job_after_the_whole_array(tmp_path):
-    bids = tmp_path / "bids"
+def _fake_submission(tmp_path: Path, check_exit: int = 0) -> dict[str, str]:
+    """A dataset of 3 participants, a fake sbatch (logs its arguments, answers job ids the way --parsable
+    does, with a cluster name) and a fake app for the check step (logs its arguments)."""
     for label in ("01", "02", "03"):
-        (bids / f"sub-{label}").mkdir(parents=True)
+        (tmp_path / "bids" / f"sub-{label}").mkdir(parents=True)
     fake = tmp_path / "bin"
     fake.mkdir()
-    # a fake sbatch: logs its arguments, answers job ids the way --parsable does (with a cluster name)
-    (fake / "sbatch").write_text('#!/bin/bash\necho "$*" >> "$SBATCH_LOG"\n'
+    (fake / "sbatch").write_text('#!/bin/bash\n'
+                                 'echo "$* | EXPECTED=${CORDLESION_EXPECTED:-}" >> "$SBATCH_LOG"\n'
                                  'n=$(wc -l < "$SBATCH_LOG"); echo "$((4000 + n));clusterA"\n')
-    (fake / "sbatch").chmod(0o755)
-    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "SBATCH_LOG": str(tmp_path / "log"),
-           "SBATCH_EXTRA": "--account=lab1", "CORDLESION_MAX_PARALLEL": "2"}
-    proc = subprocess.run(["bash", str(SUBMIT), str(bids), str(tmp_path / "out"), "--demo"], env=env,
+    (fake / "app").write_text(f'#!/bin/bash\necho "$*" >> "$APP_LOG"\nexit {check_exit}\n')
+    for tool in ("sbatch", "app"):
+        (fake / tool).chmod(0o755)
+    return {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "SBATCH_LOG": str(tmp_path / "log"),
+            "APP_LOG": str(tmp_path / "app_log"), "CORDLESION_CMD": str(fake / "app"),
+            "SBATCH_EXTRA": "--account=lab1", "CORDLESION_MAX_PARALLEL": "2",
+            "CORDLESION_ARRAY_SBATCH": "--cpus-per-task=2 --mem=3G", "CORDLESION_GROUP_SBATCH": "--mem=1G"}
+
+
+def test_submit_checks_once_then_chains_the_group_job_after_any_end(tmp_path):
+    env = _fake_submission(tmp_path)
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    proc = subprocess.run(["bash", str(SUBMIT), str(bids), str(out), "--demo"], env=env,
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
+    # one check of the whole dataset (validation, options, models), before anything is submitted
+    assert (tmp_path / "app_log").read_text().splitlines() == [f"{bids} {out} participant --dry-run --demo"]
     array_call, group_call = (tmp_path / "log").read_text().splitlines()
-    out = tmp_path / "out"
-    assert array_call == f"--parsable --account=lab1 --array=1-3%2 {ARRAY} {bids} {out} --demo"
-    assert group_call == f"--parsable --account=lab1 --dependency=afterok:4001 {GROUP} {bids} {out}"
+    # participant resources apart from the group's; afterany: the group level runs even if a task failed
+    assert array_call == (f"--parsable --account=lab1 --cpus-per-task=2 --mem=3G --array=1,2,3%2 {ARRAY} "
+                          f"{bids} {out} --demo | EXPECTED=")
+    assert group_call == (f"--parsable --account=lab1 --mem=1G --dependency=afterany:4001 {GROUP} {bids} "
+                          f"{out} | EXPECTED=01 02 03")
     assert "array job 4001" in proc.stdout and "group job 4002" in proc.stdout
+
+
+@pytest.mark.parametrize("labels", [["--participant-label", "03", "sub-01"], ["--participant_label=03",
+                                    "--participant-label", "01"], ["--part", "01", "03"]])
+def test_submit_turns_participant_labels_into_the_task_list(tmp_path, labels):
+    env = _fake_submission(tmp_path)
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    proc = subprocess.run(["bash", str(SUBMIT), str(bids), str(out), *labels, "--demo"], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "app_log").read_text().splitlines() == [
+        f"{bids} {out} participant --dry-run --demo --participant-label 01 03"]
+    array_call, group_call = (tmp_path / "log").read_text().splitlines()
+    # tasks 1 and 3 (sub-01, sub-03), and the label is NOT passed on: each task keeps its own participant
+    assert array_call.endswith(f"--array=1,3%2 {ARRAY} {bids} {out} --demo | EXPECTED=")
+    assert group_call.endswith("| EXPECTED=01 03")
+
+
+def test_submit_submits_nothing_when_the_check_fails_or_no_label_matches(tmp_path):
+    env = _fake_submission(tmp_path, check_exit=16)
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    proc = subprocess.run(["bash", str(SUBMIT), str(bids), str(out)], env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 16 and "nothing submitted" in proc.stderr
+    proc = subprocess.run(["bash", str(SUBMIT), str(bids), str(out), "--participant-label", "07"], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 18 and "no sub-07" in proc.stderr
+    assert not (tmp_path / "log").exists(), "sbatch must not have been called"
+
+
+@pytest.mark.parametrize("option", ["--participant-label", "--participant_label=02", "--partic"])
+def test_array_task_refuses_a_participant_label(tmp_path, option):
+    """Every task would process that participant at once (argparse keeps the last occurrence)."""
+    (tmp_path / "sub-01").mkdir()
+    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "1", "CORDLESION_CMD": "true"}
+    proc = subprocess.run(["bash", str(ARRAY), str(tmp_path), str(tmp_path / "out"), option, "02"], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 64 and "submit.sh" in proc.stderr
+
+
+def test_group_script_lists_failed_images_and_silent_participants(tmp_path):
+    """The group job runs after failed tasks too; it names failed rows and participants with no output."""
+    out = tmp_path / "out"
+    (out / "group").mkdir(parents=True)
+    (out / "sub-01" / "figures").mkdir(parents=True)
+    (out / "sub-01" / "figures" / "sub-01_T2w_desc-lesion_qc.json").write_text("{}")
+    fake = tmp_path / "app"
+    fake.write_text("#!/bin/bash\nexit 0\n")
+    fake.chmod(0o755)
+    (out / "group" / "lesions.tsv").write_text(
+        "participant_id\tstatus\tsource\terror\nsub-01\tok\tsub-01/anat/sub-01_T2w.nii.gz\tn/a\n"
+        "sub-02\tfailed\tsub-02/anat/sub-02_T2w.nii.gz\tcorrupt gzip\n")
+    env = {**os.environ, "CORDLESION_CMD": str(fake), "CORDLESION_EXPECTED": "01 02 03"}
+    proc = subprocess.run(["bash", str(GROUP), str(tmp_path), str(out)], env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert "failed: sub-02/anat/sub-02_T2w.nii.gz: corrupt gzip" in proc.stderr
+    assert "1 image(s) failed" in proc.stderr
+    assert "sub-03: no output at all" in proc.stderr and "sub-01: no output" not in proc.stderr
 
 
 def test_submit_refuses_a_dataset_without_participants(tmp_path):
