@@ -20,6 +20,7 @@ _WITH_CORD = " With a cord mask only (n/a without)."
 _ANGLE = (" Corrected for the cord's angle per axial slice as SCT does (with a cord mask; without one the"
           " image's own S-I axis is used, uncorrected).")
 
+
 def _col(long_name: str, description: str, units: str | None = None) -> dict[str, str]:
     entry = {"LongName": long_name, "Description": description}
     if units:
@@ -31,12 +32,11 @@ LESION_DICTIONARY: dict[str, dict[str, str]] = {
     "lesion_id": _col("Lesion identifier",
                       "Label of the lesion: one 18-connected component of the mask (SCT's connectivity), "
                       "numbered in SCT's order (RPI voxel scan order)."),
-    "volume_mm3": _col("Lesion volume", "Voxel count x voxel volume (header zooms), the whole "
-                                        "lesion.", "mm^3"),
+    "volume_mm3": _col("Lesion volume", "Voxel count x voxel volume (header zooms), the whole lesion.",
+                       "mm^3"),
     "length_mm": _col("Lesion length along the cord",
-                      "Sum over the axial slices the lesion spans of slice thickness / "
-                      "cos(angle_3d)." + _ANGLE,
-                      "mm"),
+                      "Sum over the axial slices the lesion spans of slice thickness / cos(angle_3d)."
+                      + _ANGLE, "mm"),
     "width_mm": _col("Lesion A-P width",
                      "Largest A-P extent over the lesion's axial slices x A-P voxel size x "
                      "cos(angle_sagittal)." + _ANGLE, "mm"),
@@ -57,19 +57,16 @@ LESION_DICTIONARY: dict[str, dict[str, str]] = {
     "first_slice": _col("First slice", "Smallest index along slice_axis (the image's own grid) with lesion."),
     "last_slice": _col("Last slice", "Largest index along slice_axis (the image's own grid) with lesion."),
     "midsagittal_slice": _col("Interpolated midsagittal slice",
-                              "Float index along the image's own R-L array axis of the interpolated "
-                              "midsagittal "
-                              "slice (SCT: from the largest lesion, the same for all lesions)." + _WITH_CORD),
+                              "Float index along the image's own R-L array axis of the interpolated"
+                              " midsagittal slice (SCT: from the largest lesion, the same for all lesions)."
+                              + _WITH_CORD),
     "dorsal_bridge_width_mm": _col("Midsagittal dorsal tissue bridge width",
-                                   "SCT interpolated_dorsal_bridge_width: spared cord tissue dorsal to "
-                                   "the lesion "
-                                   "on the interpolated midsagittal slice, minimum over its axial "
-                                   "slices (Huber "
-                                   "et al. 2017)." + _WITH_CORD, "mm"),
+                                   "SCT interpolated_dorsal_bridge_width: spared cord tissue dorsal to"
+                                   " the lesion on the interpolated midsagittal slice, minimum over its"
+                                   " axial slices (Huber et al. 2017)." + _WITH_CORD, "mm"),
     "ventral_bridge_width_mm": _col("Midsagittal ventral tissue bridge width",
-                                    "SCT interpolated_ventral_bridge_width: as the dorsal bridge, "
-                                    "ventral to the "
-                                    "lesion." + _WITH_CORD, "mm"),
+                                    "SCT interpolated_ventral_bridge_width: as the dorsal bridge, ventral"
+                                    " to the lesion." + _WITH_CORD, "mm"),
     "total_bridge_width_mm": _col("Midsagittal total tissue bridge width",
                                   "dorsal_bridge_width_mm + ventral_bridge_width_mm." + _WITH_CORD, "mm"),
 }
@@ -110,22 +107,21 @@ def change_dictionary(rules: ChangeRules) -> dict[str, Any]:
                                            "lesions (shared by lesions that merged or split)."),
         "volume_mm3": _col("Follow-up volume", "This lesion's volume.", "mm^3"),
         "baseline_volume_mm3": _col("Matched baseline volume",
-                                    "Sum of the matched baseline lesions' volumes, on the baseline "
-                                    "grid.", "mm^3"),
-        "group_volume_mm3": _col("Group follow-up volume", "Follow-up volume of the whole match "
-                                                           "group.", "mm^3"),
-        "group_baseline_volume_mm3": _col("Group baseline volume", "Baseline volume of the whole match "
-                                                                   "group.",
-                                          "mm^3"),
+                                    "Sum of the matched baseline lesions' volumes, on the baseline grid.",
+                                    "mm^3"),
+        "group_volume_mm3": _col("Group follow-up volume", "Follow-up volume of the whole match group.",
+                                 "mm^3"),
+        "group_baseline_volume_mm3": _col("Group baseline volume",
+                                          "Baseline volume of the whole match group.", "mm^3"),
         "volume_change_mm3": _col("Volume change", "group_volume_mm3 - group_baseline_volume_mm3.", "mm^3"),
         "volume_change_percent": _col("Relative volume change",
                                       "100 x volume_change_mm3 / group_baseline_volume_mm3.", "%"),
         "overlap_mm3": _col("Overlap with baseline lesions",
-                            "Follow-up voxels of this lesion covered by registered baseline "
-                            "lesions.", "mm^3"),
-        "centroid_x_mm": _col("Centroid x", "Centre of mass in the follow-up's world (RAS+) mm; a "
-                                            "baseline-only "
-                                            "row's centre is mapped through the registration.", "mm"),
+                            "Follow-up voxels of this lesion covered by registered baseline lesions.",
+                            "mm^3"),
+        "centroid_x_mm": _col("Centroid x", "Centre of mass in the follow-up's world (RAS+) mm; a"
+                                            " baseline-only row's centre is mapped through the registration.",
+                              "mm"),
         "centroid_y_mm": _col("Centroid y", "As centroid_x_mm, y.", "mm"),
         "centroid_z_mm": _col("Centroid z", "As centroid_x_mm, z.", "mm"),
         "Thresholds": {"min_new_volume_mm3": rules.min_new_volume_mm3,
