@@ -8,6 +8,11 @@
 #   TORCH_INDEX_URL  where the torch wheel comes from. Default: the CPU-only wheels (~200 MB instead of
 #                    several GB). CUDA variant: --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 #                    (any CUDA index that carries torch==TORCH_VERSION), then `docker run --gpus all ... --device cuda`.
+#   PIP_INDEX_URL    the package index for everything else (default PyPI), e.g. a site mirror;
+#   PIP_EXTRA_INDEX_URL  more indexes, space-separated (default none).
+#   EXTRA_CA_CERT    PEM text of extra CA certificates (a TLS-inspecting proxy, a mirror with its own CA):
+#                    --build-arg EXTRA_CA_CERT="$(cat site-ca.pem)". Added to the image's CA store, so pip
+#                    and the model download at build time trust it.
 #   INSTALL_MODELS   1 (default): download and verify the official SCT models at build time, so the image
 #                    runs offline. 0: no official models (CI-sized image; run with --demo).
 #   MODEL_TASKS      the tasks whose official models are installed.
@@ -16,6 +21,9 @@ FROM python:3.11-slim-bookworm
 
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.13.0
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG PIP_EXTRA_INDEX_URL
+ARG EXTRA_CA_CERT
 ARG INSTALL_MODELS=1
 ARG MODEL_TASKS="lesion_ms lesion_ms_mp2rage spinalcord"
 ARG VERSION=unknown
@@ -42,14 +50,22 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     CUDA_CACHE_PATH=/tmp/.cache/nv \
     DENO_DIR=/tmp/.cache/deno
 
-# Torch first, from the chosen wheel index: requirements.txt pins torch==2.13.0, which the local-version
-# wheel (2.13.0+cpu) satisfies, so the next step keeps it instead of pulling the multi-GB CUDA build.
-RUN pip install --index-url "${TORCH_INDEX_URL}" --extra-index-url https://pypi.org/simple \
-        "torch==${TORCH_VERSION}"
+# The site's CA certificates, if any, before anything is downloaded.
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+RUN if [ -n "${EXTRA_CA_CERT:-}" ]; then \
+        printf '%s\n' "${EXTRA_CA_CERT}" > /usr/local/share/ca-certificates/cordlesion-build-extra.crt \
+        && update-ca-certificates; \
+    fi
 
-# The same two install steps as the README: pinned dependencies, then the app itself without deps.
-COPY requirements.txt /tmp/src/requirements.txt
-RUN pip install -r /tmp/src/requirements.txt
+# Torch first, from the chosen wheel index (with what it needs, e.g. the CUDA libraries of a CUDA build;
+# the rest as pinned by the lock): the lock pins torch==2.13.0, which the local-version wheel
+# (2.13.0+cpu) satisfies, so the next step keeps it instead of pulling the multi-GB CUDA build. Then, as
+# in the Makefile, the whole locked tree (exactly that: --no-deps), and below the app without deps.
+COPY requirements.lock /tmp/src/requirements.lock
+RUN cert=(); [ -z "${EXTRA_CA_CERT:-}" ] || cert=(--cert /etc/ssl/certs/ca-certificates.crt); \
+    pip install "${cert[@]}" --index-url "${TORCH_INDEX_URL}" --extra-index-url "${PIP_INDEX_URL}" \
+        -c /tmp/src/requirements.lock "torch==${TORCH_VERSION}" \
+    && pip install "${cert[@]}" --no-deps -r /tmp/src/requirements.lock
 COPY . /tmp/src
 RUN pip install --no-deps /tmp/src \
     && install -d -m 755 /opt/cordlesion \

@@ -6,16 +6,32 @@ DEMO_DIR ?= demo_out
 DEMO_SUBJECTS ?= 5
 DEMO_NPROCS ?= 2
 
-.PHONY: venv test lint demo clean
+LOCK_VENV ?= /tmp/cordlesion-lock-venv
 
-$(STAMP): requirements.txt requirements-test.txt pyproject.toml
+.PHONY: venv test test-containers lint lock demo clean
+
+# The locks pin the whole tree (requirements*.txt list the direct dependencies): installed with
+# --no-deps, so exactly what they list and nothing else (no torchvision: see .ci/lock.py).
+$(STAMP): requirements.lock requirements-test.lock pyproject.toml
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -r requirements.txt -r requirements-test.txt
+	$(VENV)/bin/pip install -q --no-deps -r requirements.lock -r requirements-test.lock
 	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# After editing requirements.txt or requirements-test.txt: resolve them in a fresh venv, write the locks.
+lock:
+	rm -rf $(LOCK_VENV)
+	python3 -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q -r requirements.txt -r requirements-test.txt
+	$(LOCK_VENV)/bin/python .ci/lock.py
+	rm -rf $(LOCK_VENV)
+
+# Builds the Dockerfile with podman and runs the image read-only on phantoms (root, podman, mmdebstrap:
+# .ci/run installs them; skipped with the reason otherwise). Not part of `make test`: it takes minutes.
+test-containers: $(STAMP)
+	CORDLESION_TEST_CONTAINERS=1 $(PY) -m pytest -q -ra tests/test_podman.py
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

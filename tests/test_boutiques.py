@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 from bidsapp.cli import build_parser
@@ -79,3 +81,51 @@ def test_bosh_rejects_an_invocation_with_a_bad_level(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     proc = _bosh("invocation", str(DESCRIPTOR), "-i", str(tmp_path / "bad.json"))
     assert proc.returncode != 0
+
+
+def test_every_run_py_option_is_in_the_descriptor():
+    """A new run.py option must be added to the descriptor (else Boutiques users cannot set it)."""
+    flags = {i.get("command-line-flag") for i in json.loads(DESCRIPTOR.read_text())["inputs"]}
+    missing = [action.option_strings[0] for action in build_parser()._actions
+               if action.option_strings and action.dest not in ("help", "version")
+               and not flags & set(action.option_strings)]
+    assert missing == [], f"run.py options missing from {DESCRIPTOR.name}: {missing}"
+
+
+def test_output_and_work_dir_are_files_so_launch_mounts_them():
+    inputs = {i["id"]: i for i in json.loads(DESCRIPTOR.read_text())["inputs"]}
+    assert inputs["output_dir"]["type"] == inputs["work_dir"]["type"] == "File"
+    # the example output folder is not inside the example dataset
+    invocation = json.loads(INVOCATION.read_text())
+    assert not Path(invocation["output_dir"]).is_relative_to(invocation["bids_dir"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_bosh_exec_launch_writes_the_outputs_where_asked(tmp_path):
+    """`bosh exec launch` of the descriptor (on the host: --no-container, the command line pointed at this
+    checkout's run.py) segments a phantom into the output_dir of the invocation, then the group level."""
+    from containers_phantoms import write_small_bids
+
+    truth = write_small_bids(tmp_path / "bids", 1, seed=77)
+    descriptor = json.loads(DESCRIPTOR.read_text())
+    descriptor["command-line"] = descriptor["command-line"].replace(
+        "python /opt/cordlesion/run.py", f"{sys.executable} {ROOT / 'run.py'}")
+    (tmp_path / "descriptor.json").write_text(json.dumps(descriptor))
+    out, work = tmp_path / "results" / "cordlesion", tmp_path / "scratch"
+    for level in ("participant", "group"):
+        invocation = {"bids_dir": str(tmp_path / "bids"), "output_dir": str(out), "analysis_level": level,
+                      "skip_bids_validator": True, "demo": True, "work_dir": str(work), "nprocs": 1,
+                      "omp_nthreads": 1}
+        (tmp_path / f"{level}.json").write_text(json.dumps(invocation))
+        proc = subprocess.run([str(BOSH), "exec", "launch", "--no-container", "--skip-data-collection",
+                               str(tmp_path / "descriptor.json"), str(tmp_path / f"{level}.json")],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=500)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (source, lesion), = truth.items()
+    mask = nib.load(out / "sub-01" / "anat" / "sub-01_label-lesion_desc-T2w_mask.nii.gz")
+    a, b = np.asanyarray(mask.dataobj) > 0, np.asanyarray(lesion.dataobj) > 0
+    dice = 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+    assert dice > 0.25, dice
+    assert (out / "group" / "lesions.tsv").read_text().count("\tok\t") == 1
+    assert (out / "qc" / "index.html").is_file()

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from bidsapp.models.registry import load_manifest
 
@@ -92,14 +93,51 @@ def test_dockerfile_base_torch_index_and_install_steps():
                      if line.startswith("torch=="))
     assert args["TORCH_VERSION"] == torch_pin.split("==")[1], "torch arg != requirements.txt"
     runs = [rest for keyword, rest in instructions if keyword == "RUN"]
-    torch_run = next(i for i, r in enumerate(runs) if '--index-url "${TORCH_INDEX_URL}"' in r)
-    req_run = next(i for i, r in enumerate(runs) if "pip install -r /tmp/src/requirements.txt" in r)
-    app_run = next(i for i, r in enumerate(runs) if "pip install --no-deps /tmp/src" in r)
-    # torch from the chosen index BEFORE requirements.txt, else pip would fetch the CUDA build from PyPI
-    assert torch_run < req_run < app_run
-    # the same two steps the Makefile (and README) use
+    deps_run = next(r for r in runs if '--index-url "${TORCH_INDEX_URL}"' in r)
+    # torch from the chosen index BEFORE the locked tree, else pip would fetch the CUDA build from PyPI
+    torch_step, lock_step = deps_run.split(" && ")
+    assert '"torch==${TORCH_VERSION}"' in torch_step and "-c /tmp/src/requirements.lock" in torch_step
+    assert lock_step.endswith("pip install \"${cert[@]}\" --no-deps -r /tmp/src/requirements.lock")
+    assert runs.index(deps_run) < next(i for i, r in enumerate(runs) if "pip install --no-deps /tmp/src" in r)
+    # the same steps the Makefile uses: the locks with --no-deps, then the app with --no-deps
     makefile = (ROOT / "Makefile").read_text()
-    assert "pip install -q -r requirements.txt" in makefile and "--no-deps" in makefile
+    assert "pip install -q --no-deps -r requirements.lock -r requirements-test.lock" in makefile
+    assert "pip install -q --no-deps -e ." in makefile
+
+
+def test_dockerfile_takes_the_index_and_a_ca_bundle_as_build_arguments():
+    args = dockerfile_vars("ARG")
+    assert args["PIP_INDEX_URL"] == "https://pypi.org/simple"
+    assert {"PIP_EXTRA_INDEX_URL", "EXTRA_CA_CERT"} <= set(args)
+    runs = [rest for keyword, rest in dockerfile_instructions() if keyword == "RUN"]
+    ca_run = next(i for i, r in enumerate(runs) if "update-ca-certificates" in r)
+    first_pip = next(i for i, r in enumerate(runs) if "pip install" in r)
+    assert ca_run < first_pip, "the CA must be trusted before the first download"
+    assert all("--cert /etc/ssl/certs/ca-certificates.crt" in r for r in runs if "pip install \"${cert" in r)
+
+
+def _pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version and "+" not in version, f"{path.name}: {line} is not an exact public pin"
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return pins
+
+
+def test_the_locks_pin_the_whole_tree_with_the_direct_pins_and_without_torchvision():
+    runtime, test = _pins(ROOT / "requirements.lock"), _pins(ROOT / "requirements-test.lock")
+    direct, direct_test = _pins(ROOT / "requirements.txt"), _pins(ROOT / "requirements-test.txt")
+    assert {k: runtime.get(k) for k in direct} == direct, "requirements.txt pin differs from the lock"
+    assert {k: test.get(k, runtime.get(k)) for k in direct_test} == direct_test
+    assert not set(runtime) & set(test), "a package in both locks"
+    assert {"torchvision", "timm", "monai"}.isdisjoint(set(runtime) | set(test))
+    assert runtime["torch"] == "2.13.0" and runtime["simpleitk"] == "2.5.7"
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert sorted(pyproject) == sorted(line for line in (ROOT / "requirements.txt").read_text().splitlines()
+                                       if line and not line.startswith("#"))
 
 
 def test_dockerfile_models_step_installs_known_tasks_into_fixed_folder():
@@ -182,19 +220,31 @@ def test_every_recipe_names_the_same_image_and_version():
     assert descriptor["container-image"]["image"] == IMAGE
     assert re.search(rf"^image=docker://{re.escape(IMAGE)}$", (ROOT / "main").read_text(), re.M)
     assert singularity_sections()[0]["From"] == IMAGE
+    # the image the SLURM scripts run by default is the one the README builds (cordlesion-VERSION.sif)
+    for script in ("cordlesion_array.sbatch", "cordlesion_group.sbatch"):
+        text = (ROOT / "hpc" / script).read_text()
+        defaults = re.findall(r"CORDLESION_SIF:-\$\{SLURM_SUBMIT_DIR:-\$PWD\}/(\S+?)\}", text)
+        assert defaults == [f"cordlesion-{VERSION}.sif"], script
+
+
+def test_singularity_help_points_to_files_that_exist():
+    help_text = singularity_sections()[1]["help"]
+    paths = re.findall(r"\b((?:hpc|boutiques|brainlife|docs)/[\w./-]*\w|README\.md)", help_text)
+    assert paths and [p for p in paths if not (ROOT / p).exists()] == []
 
 
 # ------------------------------------------------------------------------------ the install, for real
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_fresh_venv_install_as_in_the_dockerfile(tmp_path):
-    """`pip install -r requirements.txt` + `pip install --no-deps .` in a new venv, from a copy of the
-    sources (as Docker's COPY); then run.py, kept alone in another folder as in the image, must import
-    the INSTALLED package, print the version and the help, and find every packaged data file."""
+    """`pip install --no-deps -r requirements.lock` + `pip install --no-deps .` in a new venv, from a copy
+    of the sources (as Docker's COPY); then run.py, kept alone in another folder as in the image, must
+    import the INSTALLED package, print the version and the help, and find every packaged data file; every
+    module of the package imports (the lock is complete) and torchvision is not there."""
     src = tmp_path / "src"
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
     for rel in tracked.stdout.split():
-        if rel.startswith(("bidsapp/", "pyproject.toml", "requirements.txt", "version", "run.py", "README")):
+        if rel.startswith(("bidsapp/", "pyproject.toml", "requirements", "version", "run.py", "README")):
             (src / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, src / rel)
     venv = tmp_path / "venv"
@@ -202,7 +252,7 @@ def test_fresh_venv_install_as_in_the_dockerfile(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     # --no-compile only skips writing .pyc files (time); it installs the same files.
     pip = [str(py), "-m", "pip", "install", "-q", "--no-compile"]
-    subprocess.run([*pip, "-r", "requirements.txt"], cwd=src, check=True, timeout=300,
+    subprocess.run([*pip, "--no-deps", "-r", "requirements.lock"], cwd=src, check=True, timeout=300,
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     subprocess.run([*pip, "--no-deps", "."], cwd=src, check=True, timeout=120,
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -227,3 +277,10 @@ def test_fresh_venv_install_as_in_the_dockerfile(tmp_path):
     assert installed_root.startswith(str(venv)), "run.py must use the installed package, not the sources"
     wanted = {rel for rel in tracked.stdout.split() if rel.startswith("bidsapp/")}
     assert sorted(wanted - set(installed)) == [], "tracked package files missing from the installed package"
+    probe = ("import importlib, importlib.util, pkgutil, bidsapp; "
+             "[importlib.import_module(m.name) for m in pkgutil.walk_packages(bidsapp.__path__, 'bidsapp.')];"
+             "print(importlib.util.find_spec('torchvision'), importlib.util.find_spec('timm'))")
+    imports = subprocess.run([str(py), "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert imports.returncode == 0, imports.stderr[-3000:]
+    assert imports.stdout.split() == ["None", "None"]
