@@ -8,6 +8,7 @@ grown and one new, on another grid and moved by a known rigid transform (the sub
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 
@@ -112,12 +113,15 @@ def _moved(img: nib.Nifti1Image, motion: np.ndarray) -> nib.Nifti1Image:
     return out
 
 
+@functools.lru_cache(maxsize=4)
 def two_sessions(*, orientation: tuple[str, str, str] = ("R", "A", "S"),
                  voxel: tuple[float, float, float] = (0.8, 0.8, 0.8),
-                 motion: np.ndarray | None = None, seed: int = 3) -> Sessions:
+                 rotation_deg: tuple[float, float, float] = (6.0, 2.0, -3.0),
+                 shift_mm: tuple[float, float, float] = (3.0, -2.0, 4.0), seed: int = 3) -> Sessions:
     """Baseline (P-S-R sagittal grid, 0.8 mm) and follow-up (``orientation``, ``voxel``), the follow-up
-    with ``GROWING`` grown and ``NEW`` added, its grid moved by ``motion`` (default 6 degrees, 3-4 mm)."""
-    motion = rigid_ras((6.0, 2.0, -3.0), (3.0, -2.0, 4.0)) if motion is None else motion
+    with ``GROWING`` grown and ``NEW`` added, its grid moved by a rigid motion (cached: the tests share
+    them; do not modify the images)."""
+    motion = rigid_ras(rotation_deg, shift_mm)
     rng = np.random.default_rng(seed)
     common = {"fov_mm": (36.0, 44.0, 80.0), "noise": 0.01, "bias": 0.1, "intensity_jitter": 0.0,
               "centre": (0.0, 2.0, 0.0)}

@@ -5,7 +5,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from analysis_phantoms import rigid_ras, two_sessions
+from analysis_phantoms import two_sessions
 
 from bidsapp.analysis import ChangeRules, SessionInputs, analyze_change, lesion_labels
 from bidsapp.analysis.change import _Session, classify, compare_sessions
@@ -36,8 +36,8 @@ def same_grid():
 @pytest.fixture(scope="module")
 def other_grid():
     """Follow-up on another orientation (L-A-S) and voxel size, moved the other way."""
-    s = two_sessions(orientation=("L", "A", "S"), voxel=(1.0, 0.9, 1.2),
-                     motion=rigid_ras((-7.0, 3.0, 2.0), (-4.0, 3.0, -2.5)))
+    s = two_sessions(orientation=("L", "A", "S"), voxel=(1.0, 0.9, 1.2), rotation_deg=(-7.0, 3.0, 2.0),
+                     shift_mm=(-4.0, 3.0, -2.5))
     return s, analyze_change(_inputs(s))
 
 
