@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import interpolate, ndimage
+from scipy import interpolate
 
 #: SCT's centreline smoothing (``ParamCenterline(smooth=20)``, B-spline of degree 3).
 CENTERLINE_SMOOTH = 20.0
@@ -24,19 +24,16 @@ class Angles:
     angle_sagittal: np.ndarray
 
 
-def cord_angles(cord: np.ndarray | None, spacing: tuple[float, float, float]) -> Angles:
-    """SCT ``angle_correction``: per slice, the angles of the fitted centreline's tangent.
+def cord_angles(cord: np.ndarray, spacing: tuple[float, float, float]) -> Angles:
+    """SCT ``angle_correction``: per axial slice (last axis), the angles of the fitted centreline's tangent.
 
-    Without a cord (or with fewer than 2 cord slices) every angle is 0: no correction.
+    With fewer than 2 cord slices every angle is 0: no correction.
     """
-    nz = cord.shape[2] if cord is not None else 0
-    zero = Angles(np.zeros(max(nz, 1)), np.zeros(max(nz, 1)))
-    if cord is None:
-        return zero
+    nz = cord.shape[2]
     zs = np.flatnonzero(cord.any(axis=(0, 1)))
     if zs.size < 2:
         return Angles(np.zeros(nz), np.zeros(nz))
-    com = np.array([ndimage.center_of_mass(cord[:, :, z]) for z in zs])  # (n, 2): x, y in voxels
+    com = _slice_centres(cord)[zs]  # (n, 2): x, y in voxels
     px, py, pz = spacing
     z_ref = np.arange(nz, dtype=float)
     dx = _bspline_derivative(zs.astype(float), com[:, 0], z_ref, pz)
@@ -48,9 +45,19 @@ def cord_angles(cord: np.ndarray | None, spacing: tuple[float, float, float]) ->
     return Angles(angle_3d, angle_sag)
 
 
+def _slice_centres(mask: np.ndarray) -> np.ndarray:
+    """Per axial slice, the (x, y) centre of mass of ``mask`` in voxels (NaN for empty slices):
+    SCT's ``find_and_sort_coord``, in one pass instead of one ``center_of_mass`` per slice."""
+    counts = mask.sum(axis=(0, 1), dtype=np.int64).astype(float)
+    xs = mask.sum(axis=1, dtype=np.int64).T @ np.arange(mask.shape[0])
+    ys = mask.sum(axis=0, dtype=np.int64).T @ np.arange(mask.shape[1])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.stack([xs / counts, ys / counts], axis=1)
+
+
 def _bspline_derivative(z: np.ndarray, v: np.ndarray, z_ref: np.ndarray, pz: float) -> np.ndarray:
     """SCT ``curve_fitting.bspline``: smoothing factor ``density * smooth * pz / 3``, first derivative."""
-    degree = 3 if len(z) > 3 else max(1, len(z) - 1)  # SCT lowers the degree for very few points
+    degree = 3 if len(z) > 3 else 1  # SCT: "if len(x) <= deg_bspline: deg_bspline -= 2"
     density = (float(len(z)) / len(z_ref)) ** 2
     tck = interpolate.splrep(z, v, s=density * CENTERLINE_SMOOTH * pz / 3.0, k=degree)
     return np.asarray(interpolate.splev(z_ref, tck, der=1), float)

@@ -55,11 +55,12 @@ class Bridges:
         return self.dorsal_mm + self.ventral_mm
 
 
-def midsagittal(largest: np.ndarray, cord: np.ndarray) -> Midsagittal | None:
-    """Midsagittal position from the largest lesion (RPI bool, inside the cord) and the cord mask."""
+def midsagittal(largest: np.ndarray, cord: np.ndarray, z0: int = 0) -> Midsagittal | None:
+    """Midsagittal position from the largest lesion (RPI bool, inside the cord; a slab of axial slices
+    starting at ``z0``) and the whole cord mask."""
     if not largest.any():
         return None
-    z_center = int(round(ndimage.center_of_mass(largest)[2]))
+    z_center = int(round(ndimage.center_of_mass(largest)[2] + z0))
     xs = [ndimage.center_of_mass(cord[:, :, z])[0] for z in range(z_center - 2, z_center + 3)
           if 0 <= z < cord.shape[2] and cord[:, :, z].any()]
     if not xs:

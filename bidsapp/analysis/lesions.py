@@ -92,11 +92,19 @@ def binary_data(img: nib.Nifti1Image, what: str) -> np.ndarray:
         raise InputImageError(f"{name}: expected a 3D {what}, got shape {data.shape}")
     if not np.isfinite(data).all():
         raise InputImageError(f"{name}: {what} contains NaN or infinite values")
-    values = np.unique(data)
-    if not set(values.tolist()) <= {0, 1}:
-        shown = values[:5].tolist()
+    if not _is_binary(data):
+        shown = np.unique(data)[:5].tolist()
         raise InputImageError(f"{name}: {what} is not binary (values {shown}, expected 0 and 1)")
     return data != 0
+
+
+def _is_binary(data: np.ndarray) -> bool:
+    """Only 0 and 1 (cheap for integer masks: a min and a max instead of a sort)."""
+    if data.size == 0:
+        return True
+    if np.issubdtype(data.dtype, np.integer) or data.dtype == bool:
+        return bool(data.min() >= 0 and data.max() <= 1)
+    return bool(((data == 0) | (data == 1)).all())
 
 
 def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -180,22 +188,28 @@ def _image_midsagittal(grid: _Grid, boxes: list) -> Midsagittal | None:
     if inside.max() == 0:
         return None
     largest = int(np.argmax(inside)) + 1  # first of equals, as pandas idxmax
-    return midsagittal((grid.labels == largest) & grid.cord, grid.cord)
+    z = boxes[largest - 1][2]
+    return midsagittal((grid.labels[:, :, z] == largest) & grid.cord[:, :, z], grid.cord, z.start)
 
 
 def _measure_one(grid: _Grid, label: int, box: tuple, angles: Angles,
                  mid: Midsagittal | None) -> LesionMeasures:
-    lesion = grid.labels == label
+    # Work on the lesion's slab of axial slices (whole R-L and A-P extent, so cord lines and the
+    # midsagittal slices stay whole): every measure is per axial slice, and the slab is small.
+    z = box[2]
+    lesion = grid.labels[:, :, z] == label
+    slab_angles = Angles(angles.angle_3d[z], angles.angle_sagittal[z])
     voxels = np.count_nonzero(lesion)
-    shape = shape_measures(lesion, grid.spacing, angles)
+    shape = shape_measures(lesion, grid.spacing, slab_angles)
     ratio = inside = bridges = None
     if grid.cord is not None:
-        in_cord = lesion & grid.cord
+        cord = grid.cord[:, :, z]
+        in_cord = lesion & cord
         inside = np.count_nonzero(in_cord) / voxels
-        ratio = damage_ratio(lesion, grid.cord)
-        bridges = tissue_bridges(in_cord, grid.cord, mid, grid.spacing, angles) \
+        ratio = damage_ratio(lesion, cord)
+        bridges = tissue_bridges(in_cord, cord, mid, grid.spacing, slab_angles) \
             if mid is not None and in_cord.any() else None
-    centroid = _world_centroid(grid, lesion)
+    centroid = _world_centroid(grid, lesion, z.start)
     first, last, axis = _slice_span(grid, box)
     return LesionMeasures(
         lesion_id=label, volume_mm3=voxels * float(np.prod(grid.spacing)),
@@ -204,8 +218,7 @@ def _measure_one(grid: _Grid, label: int, box: tuple, angles: Angles,
         max_axial_damage_ratio=ratio, inside_cord_fraction=inside,
         centroid_x_mm=centroid[0], centroid_y_mm=centroid[1], centroid_z_mm=centroid[2],
         slice_axis=axis, first_slice=first, last_slice=last,
-        midsagittal_slice=_to_source_index(grid, mid.position, 0) if mid is not None and grid.cord is not None
-        and bridges is not None else None,
+        midsagittal_slice=_to_source_index(grid, mid.position, 0) if mid is not None else None,
         **_bridge_fields(bridges))
 
 
@@ -238,9 +251,9 @@ def _slice_span(grid: _Grid, box: tuple) -> tuple[int, int, int]:
     return int(min(a, b)), int(max(a, b)), _source_axis(grid, 2)[0]
 
 
-def _world_centroid(grid: _Grid, lesion: np.ndarray) -> tuple[float, float, float]:
-    """Centre of mass in scanner (RAS+) mm: RPI voxel indices through the RPI grid's affine."""
-    ijk = np.array(ndimage.center_of_mass(lesion))
+def _world_centroid(grid: _Grid, lesion: np.ndarray, z0: int) -> tuple[float, float, float]:
+    """Centre of mass in scanner (RAS+) mm of a slab starting at axial slice ``z0`` (RPI grid)."""
+    ijk = np.array(ndimage.center_of_mass(lesion)) + np.array([0.0, 0.0, z0])
     xyz = grid.reo.affine[:3, :3] @ ijk + grid.reo.affine[:3, 3]
     return float(xyz[0]), float(xyz[1]), float(xyz[2])
 
