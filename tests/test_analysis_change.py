@@ -9,7 +9,7 @@ from analysis_phantoms import two_sessions
 
 from bidsapp.analysis import ChangeRules, SessionInputs, analyze_change, lesion_labels
 from bidsapp.analysis.change import _Session, classify, compare_sessions
-from bidsapp.analysis.registration import resample_labels
+from bidsapp.analysis.registration import RegistrationSettings, register_rigid, resample_labels
 
 
 def _inputs(s, cords=True) -> SessionInputs:
@@ -94,3 +94,20 @@ def test_disappeared_lesion_gets_its_own_row(same_grid):
     # its centre, mapped into the follow-up's world, lies where the removed lesion was
     assert [row.centroid_x_mm, row.centroid_y_mm, row.centroid_z_mm] == pytest.approx(
         [stable.centroid_x_mm, stable.centroid_y_mm, stable.centroid_z_mm], abs=1.5)
+
+
+@pytest.mark.parametrize("settings", [RegistrationSettings(metric="correlation", init="moments"),
+                                      RegistrationSettings(init="geometry")])
+def test_other_metric_and_initialisations_recover_the_motion(same_grid, settings):
+    s, _ = same_grid
+    reg = register_rigid(s.followup_image, s.baseline_image, settings)
+    assert _corner_error_mm(reg, s) < 1.0
+    assert reg.summary()["Settings"]["metric"] == settings.metric
+
+
+def test_unknown_settings_are_refused(same_grid):
+    s, _ = same_grid
+    with pytest.raises(ValueError, match="metric"):
+        register_rigid(s.followup_image, s.baseline_image, RegistrationSettings(metric="demons"))
+    with pytest.raises(ValueError, match="init"):
+        register_rigid(s.followup_image, s.baseline_image, RegistrationSettings(init="magic"))
