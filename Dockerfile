@@ -17,13 +17,17 @@
 #                    runs offline. 0: no official models (CI-sized image; run with --demo).
 #   MODEL_TASKS      the tasks whose official models are installed.
 #   VERSION          only used for the image label; the app reads /version (copied below).
-FROM python:3.11-slim-bookworm
+#   BASE_IMAGE       the base image (default python:3.11-slim-bookworm).
+# BASE_IMAGE: another Debian-based Python 3.11 image with pip, e.g. a site mirror's copy; the tests
+# build on a local stand-in made with mmdebstrap (tests/test_podman.py).
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
 
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.13.0
 ARG PIP_INDEX_URL=https://pypi.org/simple
-ARG PIP_EXTRA_INDEX_URL
-ARG EXTRA_CA_CERT
+ARG PIP_EXTRA_INDEX_URL=""
+ARG EXTRA_CA_CERT=""
 ARG INSTALL_MODELS=1
 ARG MODEL_TASKS="lesion_ms lesion_ms_mp2rage spinalcord"
 ARG VERSION=unknown
@@ -50,11 +54,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     CUDA_CACHE_PATH=/tmp/.cache/nv \
     DENO_DIR=/tmp/.cache/deno
 
-# The site's CA certificates, if any, before anything is downloaded.
-SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-RUN if [ -n "${EXTRA_CA_CERT:-}" ]; then \
-        printf '%s\n' "${EXTRA_CA_CERT}" > /usr/local/share/ca-certificates/cordlesion-build-extra.crt \
-        && update-ca-certificates; \
+# The site's CA certificates, if any, before anything is downloaded (one file per certificate, as
+# update-ca-certificates wants). POSIX sh throughout: podman's default OCI format ignores SHELL.
+RUN if [ -n "${EXTRA_CA_CERT}" ]; then \
+        printf '%s\n' "${EXTRA_CA_CERT}" > /tmp/extra-ca.pem \
+        && awk '/BEGIN CERTIFICATE/ { n++ } n { print > \
+            ("/usr/local/share/ca-certificates/cordlesion-extra-" n ".crt") }' /tmp/extra-ca.pem \
+        && rm /tmp/extra-ca.pem && update-ca-certificates; \
     fi
 
 # Torch first, from the chosen wheel index (with what it needs, e.g. the CUDA libraries of a CUDA build;
@@ -62,10 +68,10 @@ RUN if [ -n "${EXTRA_CA_CERT:-}" ]; then \
 # (2.13.0+cpu) satisfies, so the next step keeps it instead of pulling the multi-GB CUDA build. Then, as
 # in the Makefile, the whole locked tree (exactly that: --no-deps), and below the app without deps.
 COPY requirements.lock /tmp/src/requirements.lock
-RUN cert=(); [ -z "${EXTRA_CA_CERT:-}" ] || cert=(--cert /etc/ssl/certs/ca-certificates.crt); \
-    pip install "${cert[@]}" --index-url "${TORCH_INDEX_URL}" --extra-index-url "${PIP_INDEX_URL}" \
+RUN if [ -n "${EXTRA_CA_CERT}" ]; then export PIP_CERT=/etc/ssl/certs/ca-certificates.crt; fi \
+    && pip install --index-url "${TORCH_INDEX_URL}" --extra-index-url "${PIP_INDEX_URL}" \
         -c /tmp/src/requirements.lock "torch==${TORCH_VERSION}" \
-    && pip install "${cert[@]}" --no-deps -r /tmp/src/requirements.lock
+    && pip install --no-deps -r /tmp/src/requirements.lock
 COPY . /tmp/src
 RUN pip install --no-deps /tmp/src \
     && install -d -m 755 /opt/cordlesion \
