@@ -20,7 +20,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import nibabel as nib
+from .analysis.io import load_mask
 
 EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_FAILURE = 64, 65, 66, 1
 
@@ -100,21 +100,6 @@ def _check(args: argparse.Namespace) -> bool:
     return all(v is not None for v in change)
 
 
-def load_mask(path: Path) -> nib.Nifti1Image:
-    """A mask file (may be all zero, unlike an image); ``InputImageError`` naming the file."""
-    from .errors import InputImageError
-
-    if not str(path).endswith((".nii", ".nii.gz")):
-        raise InputImageError(f"{path}: not a NIfTI file name (expected .nii or .nii.gz)")
-    try:
-        img = nib.load(str(path))
-        img.get_fdata()  # read now: a corrupt file fails here, with its name
-    except Exception as exc:  # nibabel raises many types for broken files
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise InputImageError(f"{path}: cannot read the NIfTI file ({reason})") from exc
-    return img
-
-
 def run_single(args: argparse.Namespace) -> int:
     from .analysis import analyze_lesions, drop_outside_cord
     from .analysis.tables import LESION_DICTIONARY, lesion_tsv, write_table
@@ -130,6 +115,7 @@ def run_single(args: argparse.Namespace) -> int:
 
 def run_change(args: argparse.Namespace) -> int:
     from .analysis import ChangeRules, RegistrationSettings, SessionInputs, analyze_change
+    from .analysis.registration import tfm_text
     from .analysis.tables import change_dictionary, change_tsv, write_table
     from .derivatives import atomic_write_bytes, atomic_write_json
     from .imaging import load_image
@@ -147,21 +133,9 @@ def run_change(args: argparse.Namespace) -> int:
     record["CordDice"] = change.cord_dice
     record["Counts"] = {s: change.count(s) for s in ("new", "enlarged", "stable", "shrunk", "disappeared")}
     atomic_write_json(out.with_name(out.stem + "_registration.json"), record)
-    atomic_write_bytes(out.with_name(out.stem + ".tfm"), _tfm_text(change.registration.transform))
+    atomic_write_bytes(out.with_name(out.stem + ".tfm"), tfm_text(change.registration.transform))
     log.info("%s: %s", out, record["Counts"])
     return 0
-
-
-def _tfm_text(transform) -> bytes:
-    """The ITK .tfm text of a transform (SimpleITK writes files only: a temp file, read back)."""
-    import tempfile
-
-    import SimpleITK as sitk
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "transform.tfm"
-        sitk.WriteTransform(transform, str(path))
-        return path.read_bytes()
 
 
 def main(argv: list[str] | None = None) -> int:

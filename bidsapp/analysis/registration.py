@@ -168,6 +168,17 @@ def _ncc(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> fl
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def tfm_text(transform: sitk.Transform) -> bytes:
+    """The ITK ``.tfm`` text of a transform (SimpleITK writes files only: a temporary file, read back)."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "transform.tfm"
+        sitk.WriteTransform(transform, str(path))
+        return path.read_bytes()
+
+
 def resample_labels(labels: np.ndarray, source: nib.Nifti1Image, target: nib.Nifti1Image,
                     transform: sitk.Transform) -> np.ndarray:
     """Integer labels on ``source``'s grid -> ``target``'s grid, nearest neighbour through ``transform``

@@ -1,0 +1,86 @@
+"""Study tables from participant-level outputs: the per-lesion table, change tables, counts, reuse."""
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import pytest
+from analysis_phantoms import two_sessions
+
+from bidsapp.analysis import analyze_lesions
+from bidsapp.analysis.study import COUNTS_PATH, PER_LESION_PATH, read_counts, write_study
+from bidsapp.analysis.tables import LESION_DICTIONARY, lesion_tsv, read_tsv
+from bidsapp.derivatives import image_names
+
+SOURCES = {"M0": "sub-01/ses-M0/anat/sub-01_ses-M0_acq-sag_T2w.nii.gz",
+           "M12": "sub-01/ses-M12/anat/sub-01_ses-M12_acq-sag_T2w.nii.gz"}
+
+
+def _record(ses: str) -> dict:
+    return {"status": "ok", "task": "lesion_ms", "source": SOURCES[ses], "lesions": {"count": 1},
+            "entities": {"sub": "01", "ses": ses, "acq": "sag", "suffix": "T2w"}}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A BIDS folder with the two sessions' images, an output folder with their masks and tables."""
+    s = two_sessions()
+    bids, out = tmp_path_factory.mktemp("bids"), tmp_path_factory.mktemp("out")
+    for ses, (image, mask) in {"M0": (s.baseline_image, s.baseline_mask),
+                               "M12": (s.followup_image, s.followup_mask)}.items():
+        (bids / SOURCES[ses]).parent.mkdir(parents=True, exist_ok=True)
+        nib.save(image, bids / SOURCES[ses])
+        names = image_names(SOURCES[ses], "lesion_ms")
+        (out / names.mask).parent.mkdir(parents=True, exist_ok=True)
+        nib.save(mask, out / names.mask)
+        (out / names.lesions_tsv).write_text(lesion_tsv(analyze_lesions(mask)))
+    records = [_record("M0"), _record("M12"),
+               {**_record("M0"), "status": "failed", "source": "sub-02/anat/sub-02_T2w.nii.gz"}]
+    result = write_study(out, bids, records)
+    return s, bids, out, records, result
+
+
+def test_per_lesion_table_has_every_lesion_keyed_by_image(study):
+    s, _, out, _, result = study
+    rows = read_tsv((out / PER_LESION_PATH).read_text())
+    n0 = analyze_lesions(s.baseline_mask).count
+    n12 = analyze_lesions(s.followup_mask).count
+    assert result.lesion_rows == len(rows) == n0 + n12
+    assert [r["session_id"] for r in rows] == ["ses-M0"] * n0 + ["ses-M12"] * n12
+    assert {r["source"] for r in rows} == set(SOURCES.values())
+    dictionary = json.loads((out / PER_LESION_PATH).with_suffix(".json").read_text())
+    assert set(LESION_DICTIONARY) | {"participant_id", "session_id", "source"} <= set(dictionary)
+
+
+def test_counts_and_change_table(study):
+    _, _, out, _, result = study
+    (row,) = read_counts(out)
+    assert (row["participant_id"], row["baseline_session"], row["followup_session"]) == \
+        ("sub-01", "ses-M0", "ses-M12")
+    assert (row["new"], row["enlarged"], row["stable"], row["disappeared"]) == ("1", "1", "2", "0")
+    assert float(row["registration_ncc"]) > 0.9 and row["error"] == "n/a"
+    change = read_tsv((out / row["change_table"]).read_text())
+    assert sorted(r["status"] for r in change) == ["enlarged", "new", "stable", "stable"]
+    assert sorted(result.statuses[SOURCES["M12"]].values()) == ["enlarged", "new", "stable", "stable"]
+    assert result.pairs == 1 and not result.failed_pairs
+    assert (out / COUNTS_PATH).with_suffix(".json").is_file()
+
+
+def test_up_to_date_pair_is_not_registered_again(study, monkeypatch):
+    s, bids, out, records, _ = study
+    import bidsapp.analysis.study as mod
+
+    def boom(*args, **kwargs):
+        raise AssertionError("registered again")
+    monkeypatch.setattr(mod, "analyze_change", boom)
+    again = write_study(out, bids, records)
+    assert again.statuses == write_study(out, bids, records).statuses
+    assert read_counts(out)[0]["new"] == "1"
+
+
+def test_missing_source_image_is_a_row_with_its_error(study, tmp_path):
+    _, _, out, records, _ = study
+    result = write_study(out, tmp_path, records)  # a BIDS folder without the images
+    (row,) = read_counts(out)
+    assert row["new"] == "n/a" and "sub-01_ses-M12_acq-sag_T2w.nii.gz" in row["error"]
+    assert result.pairs == 0 and len(result.failed_pairs) == 1
