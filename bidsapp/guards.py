@@ -160,10 +160,10 @@ def legacy_plan(name: str, onnx_file: str | Path) -> ModelPlan:
 #: run's plan; measured 430-470 MB VmHWM (docs/RELIABILITY.md, calibration), rounded up.
 PROCESS_BASE_BYTES = 600 * MiB
 #: Activations of one forward pass, per voxel of the batch's windows: ``A * first-stage features + B``.
-#: Measured peaks (channels-last, GroupNorm, inference mode): 26-42 bytes per voxel and feature for
-#: the demo networks (4-6 features) and ResEnc-L / PlainConvUNet (32 features, patches up to
-#: 64x128x128); the fit 30 f + 48 covers every one, this adds ~10 %.
-ACT_BYTES_PER_FEATURE, ACT_BYTES_PER_VOXEL = 32, 64
+#: Measured peaks (channels-last, GroupNorm, inference mode; bench/guards_calibration.py): 25-44
+#: bytes per voxel and feature for the demo networks (4-6 features) and ResEnc-L / PlainConvUNet
+#: (32 features, patches up to 64x128x128); 40 f + 64 covers every one by 10 % or more.
+ACT_BYTES_PER_FEATURE, ACT_BYTES_PER_VOXEL = 40, 64
 
 
 @dataclass(frozen=True)

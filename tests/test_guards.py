@@ -155,7 +155,7 @@ torch.set_num_threads(1)
 from bidsapp import guards
 from bidsapp.engine import NnUNetModel, NnUNetPredictor
 from bidsapp.models import locate
-shape, zooms = (100, 100, 30), (1.4, 1.4, 3.0)
+shape, zooms = (80, 80, 24), (1.4, 1.4, 3.0)
 g = np.meshgrid(*[np.linspace(-1, 1, s, dtype=np.float32) for s in shape], indexing="ij")
 data = (200 + 300 * np.exp(-(g[0] ** 2 + g[1] ** 2) / 0.05)).astype(np.float32)
 img = nib.Nifti1Image(data, np.diag([*zooms, 1.0]))
@@ -169,7 +169,7 @@ print(json.dumps({"estimate": est.total_bytes, "peak": hwm}))
 
 
 def test_estimate_covers_the_measured_peak_of_a_worker():
-    """A fresh process segments a 100x100x30 image at 1.4x1.4x3 mm (resampled up to 60x200x200 at
+    """A fresh process segments an 80x80x24 image at 1.4x1.4x3 mm (resampled up to 48x160x160 at
     the demo lesion_ms spacing): its VmHWM stays below the estimate, and the estimate is not absurd."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", _PEAK_CHILD], capture_output=True, text=True, env=env,
