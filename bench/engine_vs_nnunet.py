@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/engine_vs_nnunet.py [--reps 3] [--threads 2] [--networks resenc plain]
         [--spacing 3.0 2.8 2.8] [--patch 32 64 64] [--folds 1] [--with-baseline]
-        [--out bench/engine_vs_nnunet.json]
+        [--precision auto|fp32|bf16|fp16] [--compile] [--out bench/engine_vs_nnunet.json]
 
 Builds throw-away model folders (random He-initialised weights, last layer sharpened so the lesion
 class wins in a sizeable region): a ResEnc-L-like ``ResidualEncoderUNet`` (nnUNetPlannerResEncL:
@@ -14,6 +14,9 @@ out, TTA off) ALTERNATE between the engines, so load from other jobs on a shared
 alike. Reported per engine: wall and process-CPU seconds (min / median / max), peak RSS (VmHWM of
 the worker), and the agreement of the outputs (Dice of p(lesion) > 0.5, mean |p diff|).
 ``--with-baseline`` adds our engine with its CPU levers off (InstanceNorm, NCDHW, 1 tile per pass).
+``--precision``: ours (default ``auto``, the engine's default; the precision it resolved to on this
+machine is recorded, with the CPU's flags); nnU-Net runs float32, its CPU mode. ``--compile`` wraps our
+network in ``torch.compile`` (inductor): the warm-up (first image, compile included) is recorded too.
 """
 from __future__ import annotations
 
@@ -101,11 +104,19 @@ def build_models(dest: Path, spacing, patch, folds: int, networks) -> dict[str, 
 
 # ---- workers (one process per engine) ---------------------------------------------------------------
 def _ours(folder: Path, args):
-    from bidsapp.engine import NnUNetModel, NnUNetPredictor
+    import torch
 
-    kw = {} if not args.baseline else {"batch_size": 1, "channels_last": False, "fast_norm": False}
-    pred = NnUNetPredictor(NnUNetModel.load(folder), device="cpu", **kw)
-    return pred.predict
+    from bidsapp.engine import Levers, NnUNetModel, NnUNetPredictor
+
+    levers = Levers(batch_size=1, channels_last=False, fast_norm=False) if args.baseline else None
+    pred = NnUNetPredictor(NnUNetModel.load(folder), device="cpu", precision=args.precision, levers=levers)
+    if args.compile:
+        pred.network = torch.compile(pred.network)
+
+    def predict(image):
+        return pred.predict(image)
+    predict.precision = pred.precision + " (emulated)" * pred.precision_emulated
+    return predict
 
 
 def _nnunet(folder: Path, args):
@@ -113,7 +124,11 @@ def _nnunet(folder: Path, args):
     from engine_models import oracle_predictor, oracle_probabilities
 
     pred = oracle_predictor(folder, tta=False)
-    return lambda image: oracle_probabilities(pred, image)
+
+    def predict(image):
+        return oracle_probabilities(pred, image)
+    predict.precision = "fp32"
+    return predict
 
 
 def _peak_rss_mb() -> float:
@@ -131,8 +146,11 @@ def worker(args) -> None:
     torch.set_num_threads(args.threads)
     img = phantom()
     predict = {"ours": _ours, "nnunet": _nnunet}[args.worker](Path(args.folder), args)
-    probs = predict(img)  # warm-up (first-call allocations, oneDNN primitive cache)
-    print(MARK + json.dumps({"ready": True, "rss_mb": _peak_rss_mb()}), flush=True)
+    warm = time.perf_counter()
+    probs = predict(img)  # warm-up (first-call allocations, oneDNN primitive cache, compilation)
+    warm = time.perf_counter() - warm
+    print(MARK + json.dumps({"ready": True, "rss_mb": _peak_rss_mb(), "warmup_s": warm,
+                             "precision": predict.precision}), flush=True)
     for _ in sys.stdin:
         wall, cpu = time.perf_counter(), time.process_time()
         probs = predict(img)
@@ -144,7 +162,8 @@ def worker(args) -> None:
 # ---- driver -----------------------------------------------------------------------------------------
 def _start(engine: str, folder: Path, save: Path, args, baseline: bool = False) -> subprocess.Popen:
     cmd = [sys.executable, __file__, "--worker", engine, "--folder", str(folder), "--save", str(save),
-           "--threads", str(args.threads)] + (["--baseline"] if baseline else [])
+           "--threads", str(args.threads), "--precision", args.precision]
+    cmd += (["--baseline"] if baseline else []) + (["--compile"] if args.compile and engine == "ours" else [])
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
@@ -187,7 +206,8 @@ def summarise(name: str, runs: dict, probs: dict) -> dict:
 
     out = {"network": name}
     for e, r in runs.items():
-        out[e] = {"wall_s": stats("wall_s", r["reps"]), "cpu_s": stats("cpu_s", r["reps"]),
+        out[e] = {"precision": r["load"]["precision"], "warmup_s": round(r["load"]["warmup_s"], 2),
+                  "wall_s": stats("wall_s", r["reps"]), "cpu_s": stats("cpu_s", r["reps"]),
                   "peak_rss_mb": round(max(x["rss_mb"] for x in r["reps"]))}
     a, b = probs["ours"] > 0.5, probs["nnunet"] > 0.5
     out["speedup_wall_median"] = round(out["nnunet"]["wall_s"]["median"] / out["ours"]["wall_s"]["median"], 2)
@@ -208,6 +228,9 @@ def main(argv=None) -> int:
                    help="plans spacing, nnU-Net order [z, y, x] (image is 0.7x0.7x3 mm)")
     p.add_argument("--patch", nargs=3, type=int, default=[32, 64, 64])
     p.add_argument("--folds", type=int, default=1)
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="our engine's precision (nnU-Net: float32)")
+    p.add_argument("--compile", action="store_true", help="torch.compile (inductor) our network")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "engine_vs_nnunet.json")
     p.add_argument("--worker", choices=["ours", "nnunet"], help=argparse.SUPPRESS)
     p.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
@@ -220,7 +243,8 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     results = {"command": " ".join(["python", *sys.argv]), "image": {"shape": SHAPE, "zooms_mm": ZOOMS},
                "plans_spacing": args.spacing, "patch": args.patch, "threads": args.threads,
-               "reps": args.reps, "folds": args.folds, "cpu": _cpu(), "results": []}
+               "reps": args.reps, "folds": args.folds, "cpu": _cpu(), "precision": args.precision,
+               "compile": args.compile, "results": []}
     with tempfile.TemporaryDirectory() as tmp:
         folders = build_models(Path(tmp), args.spacing, args.patch, args.folds, args.networks)
         for name in args.networks:
@@ -234,13 +258,17 @@ def main(argv=None) -> int:
 
 
 def _cpu() -> str:
+    from bidsapp.engine.precision import cpu_features
+
+    name = f"{os.cpu_count()} CPUs"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} CPUs)"
+                name = f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} CPUs)"
+                break
     except OSError:
         pass
-    return f"{os.cpu_count()} CPUs"
+    return f"{name}; {cpu_features().describe()}"
 
 
 if __name__ == "__main__":

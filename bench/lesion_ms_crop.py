@@ -9,15 +9,15 @@ a ResEnc-L-like ``ResidualEncoderUNet`` as lesion_ms (features 32..320, 1-3-4-6-
 ``PlainConvUNet`` as spinalcord, both at the given plans spacing and patch. The image is the
 320x320x60 phantom at 0.7x0.7x3 mm of bench/engine_vs_nnunet.py (body, cord-like tube, blobs).
 Full path: lesion_ms on the whole image. Crop path (what ``pipelines`` runs): spinalcord on the whole
-image with windows at ``CORD_LOCATE_TILE_STEP`` (timed), the box around the cord, lesion_ms on the
-whole image's windows that overlap the box. Also timed: the lesion pass alone, and the "box" tiling
-(the box tiled on its own, fewer windows, not exact). Random weights give no meaningful
-cord, so the box is computed from the phantom's true tube (same function, same margins): the time
+image with windows at the lesion_ms box rule's ``cord_tile_step`` (timed), the box around the cord,
+lesion_ms on the whole image's windows that overlap the box. Also timed: the lesion pass alone (the
+engine's "box" tiling, measured in bench/RESULTS-crop.md, was removed in issue 16). Random weights give
+no meaningful cord, so the box is computed from the phantom's true tube (same function, same margins): the time
 of every model pass is real, the box size is what a correct cord mask gives. Predictors are loaded
 and warmed up first; repetitions alternate full / crop.
 
 Agreement: the demo models (bidsapp/models/demo) through ``pipelines.segment`` with ``crop=False``
-and ``crop=True`` (both tilings) on held-out phantoms (seeds not used in training) with lesions
+and ``crop=True`` on held-out phantoms (seeds not used in training) with lesions
 inside the cord, T2w and T2starw, axial and sagittal, with a field of view wider than the demo
 datasets' so the box really leaves tissue out: Dice full vs crop (whole image and inside the box),
 the whole-image lesion voxels outside the box (and how many are true lesion), and each vs the ground
@@ -26,6 +26,7 @@ truth, for each in-plane margin in ``--margins``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -73,7 +74,7 @@ def timing(args) -> dict:
     import torch
     from engine_vs_nnunet import SHAPE, phantom
 
-    from bidsapp import pipelines
+    from bidsapp import pipelines, tasks
     from bidsapp.engine import NnUNetModel, NnUNetPredictor
 
     torch.set_num_threads(args.threads)
@@ -84,22 +85,19 @@ def timing(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         folders = build_models(Path(tmp), args.spacing, args.patch, args.cord_spacing, args.cord_patch)
         lesion = NnUNetPredictor(NnUNetModel.load(folders["lesion_ms"]), device="cpu")
-        lesion_box = NnUNetPredictor(NnUNetModel.load(folders["lesion_ms"]), device="cpu", roi_tiling="box")
         sc = NnUNetPredictor(NnUNetModel.load(folders["spinalcord"]), device="cpu")
 
     def full():
         return lesion.predict(img)[1] > 0.5
 
-    box = pipelines._lesion_crop_box(cord, img.affine)
+    rule = tasks.get("lesion_ms").crop.box
+    box = pipelines.box_around_cord(cord, img.affine, rule)
 
     def lesion_in_box():
         return lesion.predict(img, roi=box)[1] > 0.5
 
-    def lesion_box_tiling():
-        return lesion_box.predict(img, roi=box)[1] > 0.5
-
-    def cord_pass():  # as pipelines runs it before lesion_ms: windows at CORD_LOCATE_TILE_STEP
-        return sc.predict(img, tile_step=pipelines.CORD_LOCATE_TILE_STEP)
+    def cord_pass():  # as pipelines runs it before lesion_ms: windows at the rule's cord_tile_step
+        return sc.predict(img, tile_step=rule.cord_tile_step)
 
     def crop():
         cord_pass()  # the cord pass is part of the crop path's cost
@@ -111,8 +109,7 @@ def timing(args) -> dict:
     t0 = time.perf_counter()
     full()
     warm_full = time.perf_counter() - t0
-    lesion_box_tiling()  # warm-up on its shapes
-    reps = {"full": [], "crop": [], "spinalcord": [], "lesion_in_box": [], "lesion_box_tiling": []}
+    reps = {"full": [], "crop": [], "spinalcord": [], "lesion_in_box": []}
     agree = []
     for _ in range(args.reps):
         t0 = time.perf_counter()
@@ -125,9 +122,6 @@ def timing(args) -> dict:
         lesion_in_box()
         reps["lesion_in_box"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        lesion_box_tiling()
-        reps["lesion_box_tiling"].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
         part, _ = crop()
         reps["crop"].append(time.perf_counter() - t0)
         agree.append(dice(part[box], whole[box]))
@@ -139,8 +133,6 @@ def timing(args) -> dict:
                speedup_median=round(res["full"]["median"] / res["crop"]["median"], 2),
                speedup_min=round(res["full"]["min"] / res["crop"]["min"], 2),
                speedup_lesion_pass_median=round(res["full"]["median"] / res["lesion_in_box"]["median"], 2),
-               speedup_box_tiling_pass_median=round(res["full"]["median"]
-                                                    / res["lesion_box_tiling"]["median"], 2),
                lesion_plans={"spacing": list(args.spacing), "patch": lesion.model.config["patch_size"]},
                cord_plans={"spacing": list(sc.model.config["spacing"]),
                            "patch": sc.model.config["patch_size"]})
@@ -168,38 +160,37 @@ def held_out_phantoms(n: int, seed0: int = 90_000):
 def agreement(args) -> list[dict]:
     import torch
 
-    from bidsapp import pipelines
+    from bidsapp import pipelines, tasks
+    from bidsapp.pipelines import RunOptions
 
     torch.set_num_threads(args.threads)
     rows = []
     for name, ph in held_out_phantoms(args.n_phantoms):
         truth = np.asarray(ph.lesion.dataobj) > 0
         t0 = time.perf_counter()
-        full = pipelines.segment(ph.image, task="lesion_ms", demo=True, crop=False, device="cpu")
+        full = pipelines.segment(ph.image, task="lesion_ms",
+                                 options=RunOptions(demo=True, crop=False, device="cpu"))
         t_full = time.perf_counter() - t0
         fmask = np.asarray(full.mask.dataobj) > 0
         row = {"image": name, "shape": list(ph.image.shape), "truth_voxels": int(truth.sum()),
                "full_s": round(t_full, 2), "dice_full_truth": round(dice(fmask, truth), 4), "margins": {}}
         for margin in args.margins:
-            pipelines.LESION_CROP_MARGIN_MM = float(margin)
+            spec = _with_margin(tasks.get("lesion_ms"), float(margin))  # the bench passes its margins
             entry = {}
-            for tiling in ("image", "box"):
-                located = pipelines._resolve("lesion_ms", None, None, True)
-                predictor = pipelines.get_predictor(pipelines._path(located), device="cpu")
-                predictor.roi_tiling = tiling  # the pipelines use "image"; "box" for comparison
+            for tiling in ("image",):  # the engine's one tiling of a box (issue 16 removed "box")
                 t0 = time.perf_counter()
-                cr = pipelines.segment(ph.image, task="lesion_ms", demo=True, crop=True, device="cpu")
+                cr = pipelines.segment(ph.image, task=spec,
+                                       options=RunOptions(demo=True, crop=True, device="cpu"))
                 t_crop = time.perf_counter() - t0
-                predictor.roi_tiling = "image"
                 cmask = np.asarray(cr.mask.dataobj) > 0
-                box_v = cr.provenance["crop"]["box_voxels"]
+                box_v = cr.provenance.crop.box_voxels
                 box = tuple(slice(a, b) for a, b in box_v)
                 outside = np.ones(cmask.shape, bool)
                 outside[box] = False
                 kept = float(np.prod([b - a for a, b in box_v]) / np.prod(ph.image.shape[:3]))
                 entry[tiling] = {
                     "crop_s": round(t_crop, 2), "box_voxels": box_v, "box_fraction": round(kept, 3),
-                    "touches_box": cr.provenance["crop"]["mask_touches_box"],
+                    "touches_box": cr.provenance.crop.mask_touches_box,
                     "same_grid": bool(np.array_equal(cr.mask.affine, ph.image.affine)
                                       and cr.mask.shape == ph.image.shape[:3]),
                     "dice_crop_full": round(dice(cmask, fmask), 4),
@@ -212,6 +203,12 @@ def agreement(args) -> list[dict]:
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
+
+
+def _with_margin(spec, margin_mm: float):
+    """The task row with another in-plane box margin (rows are frozen: a modified copy)."""
+    box = dataclasses.replace(spec.crop.box, margin_mm=margin_mm)
+    return dataclasses.replace(spec, crop=dataclasses.replace(spec.crop, box=box))
 
 
 def main(argv=None) -> int:
@@ -239,7 +236,7 @@ def main(argv=None) -> int:
         result["agreement"] = rows
         result["agreement_min_dice_crop_full"] = {
             f"{m} {t}": min(r["margins"][str(m)][t][key] for r in rows)
-            for m in args.margins for t in ("image", "box") for key in ("dice_crop_full_in_box",)}
+            for m in args.margins for t in ("image",) for key in ("dice_crop_full_in_box",)}
         print(json.dumps(result["agreement_min_dice_crop_full"]), flush=True)
     if not args.skip_timing:
         result["timing"] = timing(args)

@@ -103,7 +103,7 @@ def test_sliding_window_is_identity_for_an_identity_network():
             return torch.cat([x, -x], 1)
 
     data = torch.randn(1, 13, 40, 37)
-    acc = sliding.sliding_window_logits(Echo(), data, (8, 16, 16), 2, batch_size=3)
+    acc = sliding.sliding_window_logits(Echo(), data, (8, 16, 16), 2, sliding.WindowRun(batch_size=3))
     out = acc / sliding.weight_sum(data.shape[1:], (8, 16, 16))
     torch.testing.assert_close(out[0], data[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out[1], -data[0], rtol=1e-5, atol=1e-5)

@@ -108,6 +108,8 @@ class NnUNetModel:
     state_dicts: dict[int | str, dict[str, torch.Tensor]] = field(repr=False)
     trainer_name: str = "nnUNetTrainer"
     mirroring_axes: tuple[int, ...] | None = None
+    #: the precision a predictor prepared ``state_dicts`` for, in place (None: as loaded)
+    weights_precision: str | None = field(default=None, repr=False)
 
     @property
     def labels(self) -> dict[str, int]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import nibabel as nib
 import numpy as np
@@ -31,20 +32,50 @@ from .. import orientation as ori
 from ..errors import ModelError
 from .modelfolder import NnUNetModel
 from .network import build_network, instance_norms_as_group_norms
+from .precision import (
+    add_rounding_hooks,
+    conv_state_keys,
+    convert_convolutions,
+    emulation_warning,
+    is_emulated,
+    resolve_precision,
+    torch_dtype,
+)
 from .preprocess import bbox_slices, insert_crop, nonzero_bbox, normalize
 from .resample import compute_new_shape, resample_to_shape
-from .sliding import sliding_window_logits, weight_sum
+from .sliding import WindowRun, sliding_window_logits, weight_sum
 
-__all__ = ["NnUNetModel", "NnUNetPredictor", "resolve_device"]
+__all__ = ["Levers", "NnUNetModel", "NnUNetPredictor", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
 _RESAMPLERS = {"resample_data_or_seg_to_shape"}
 ENSEMBLES = ("logits", "probabilities")
-#: how ``predict(img, roi=box)`` tiles: "image" runs the whole image's windows that overlap the box
-#: (exact inside it); "box" tiles the box alone, widened to a patch (fewer windows, not exact:
-#: bench/RESULTS-crop.md measures it; the pipelines use "image")
-ROI_TILINGS = ("image", "box")
+
+
+@dataclass(frozen=True)
+class Levers:
+    """The CPU levers of bench/RESULTS-engine.md, each checked against nnunetv2 by the parity tests:
+    ``batch_size`` windows per forward pass (None: 2 on the CPU, 1 elsewhere), ``channels_last`` 3D
+    tensors (None: on the CPU), ``fast_norm``: GroupNorm for InstanceNorm (same maths)."""
+
+    batch_size: int | None = None
+    channels_last: bool | None = None
+    fast_norm: bool = True
+
+
+@dataclass(frozen=True)
+class _ConvCast:
+    """What happens to the convolutions' tensors (``keys`` of the state dict) in a reduced precision:
+    converted to ``dtype`` (native), or rounded to it and kept float32 (``emulated``)."""
+
+    keys: frozenset[str]
+    dtype: torch.dtype
+    emulated: bool
+
+    def apply(self, value: torch.Tensor) -> torch.Tensor:
+        rounded = value.to(self.dtype)
+        return rounded.float() if self.emulated else rounded
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -75,24 +106,26 @@ def _return_freed_heap() -> None:
         pass
 
 
-def _prepare_cpu_weights(state: dict[str, torch.Tensor], channels_last: bool) -> dict[str, torch.Tensor]:
+def _prepare_cpu_weights(state: dict[str, torch.Tensor], channels_last: bool,
+                         cast: _ConvCast | None = None) -> dict[str, torch.Tensor]:
     """``state`` ready to be the network's own weights on the CPU: float32 (a half-precision file would
-    otherwise run in half precision) and, with ``channels_last``, 5-D convolution weights in
-    channels-last 3D layout. IN PLACE and one tensor at a time, so each original is freed before the
-    next copy is made; tensors shared in the checkpoint (nnU-Net's decoder holds the encoder) stay
-    shared. Returns ``state``."""
+    otherwise run in half precision), the convolutions' tensors through ``cast`` in a reduced precision,
+    and, with ``channels_last``, 5-D convolution weights in channels-last 3D layout. IN PLACE and one
+    tensor at a time, so each original is freed before the next copy is made; tensors shared in the
+    checkpoint (nnU-Net's decoder holds the encoder) stay shared. Returns ``state``."""
     done: dict[tuple, torch.Tensor] = {}
     for key in list(state):
         value = state[key]
+        conv = cast is not None and key in cast.keys and value.is_floating_point()
         to_float = value.is_floating_point() and value.dtype != torch.float32
         relayout = channels_last and value.dim() == 5 and not value.is_contiguous(
             memory_format=torch.channels_last_3d)
-        if not (to_float or relayout):
+        if not (conv or to_float or relayout):
             continue
         ident = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape),
                  value.stride(), value.dtype)
         if ident not in done:
-            new = value.float() if to_float else value
+            new = cast.apply(value) if conv else (value.float() if to_float else value)
             done[ident] = new.contiguous(memory_format=torch.channels_last_3d) if relayout else new
         del value
         state[key] = done[ident]
@@ -119,12 +152,17 @@ def roi_box_in_network_space(roi: np.ndarray, new_shape: Sequence[int], margin: 
 
 
 class NnUNetPredictor:
-    """Built once per model / folds / device / TTA setting; ``predict`` many images."""
+    """Built once per model / folds / device / TTA setting / precision; ``predict`` many images.
+
+    ``precision``: "auto" (bf16 on a CPU with bfloat16 instructions, fp16 on CUDA, fp32 otherwise:
+    :func:`precision.resolve_precision`), "fp32", "bf16" or "fp16". The one used is ``self.precision``
+    (``self.precision_emulated``: True where the hardware lacks it, see ``precision.py``). A reduced
+    precision converts the model's weights in place: a model object serves one precision.
+    """
 
     def __init__(self, model: NnUNetModel, *, device: str | torch.device = "cpu", tta: bool = False,
-                 ensemble: str = "logits", batch_size: int | None = None, tile_step: float = 0.5,
-                 channels_last: bool | None = None, fast_norm: bool = True,
-                 roi_tiling: str = "image") -> None:
+                 ensemble: str = "logits", tile_step: float = 0.5, precision: str = "auto",
+                 levers: Levers | None = None) -> None:
         if ensemble not in ENSEMBLES:
             raise ValueError(f"ensemble must be one of {ENSEMBLES}, not {ensemble!r}")
         self.model = model
@@ -132,9 +170,10 @@ class NnUNetPredictor:
         self.tta = bool(tta)
         self.ensemble = ensemble
         self.tile_step = float(tile_step)
-        if roi_tiling not in ROI_TILINGS:
-            raise ValueError(f"roi_tiling must be one of {ROI_TILINGS}, not {roi_tiling!r}")
-        self.roi_tiling = roi_tiling
+        self.precision = resolve_precision(precision, self.device)
+        self.precision_emulated = is_emulated(self.precision, self.device)
+        if self.precision_emulated:
+            log.warning(emulation_warning(self.precision, self.device))
         self.config = model.config
         self.orientation = str(model.dataset_json.get("image_orientation", "LPI"))
         ori.sct_to_axcodes(self.orientation)  # fail early on a bad dataset.json value
@@ -144,25 +183,40 @@ class NnUNetPredictor:
         with torch.device("meta"):
             network = build_network(model.plans, model.configuration, model.num_input_channels,
                                     model.num_classes)
-        # CPU levers measured in bench/RESULTS-engine.md, each checked against nnunetv2 in the parity
-        # tests: GroupNorm for InstanceNorm (same maths), channels-last 3D tensors, 2 tiles per pass
+        levers = levers or Levers()
         cpu = self.device.type == "cpu"
-        self.network = instance_norms_as_group_norms(network) if fast_norm else network
-        self.batch_size = max(1, int(batch_size if batch_size is not None else (2 if cpu else 1)))
-        self.channels_last = cpu if channels_last is None else bool(channels_last)
-        # On the CPU the network uses the checkpoint's tensors themselves (load_state_dict(assign=True)):
-        # no second copy of the weights (~250 MB for ResEnc-L; bench/RESULTS-engine.md).
-        self._assign = cpu
-        if cpu:
-            for fold in model.folds:
-                _prepare_cpu_weights(model.state_dicts[fold], self.channels_last)
-            _return_freed_heap()
-        else:
-            self.network = self.network.to_empty(device=self.device)
-            if self.channels_last:
-                self.network = self.network.to(memory_format=torch.channels_last_3d)
+        self.network = instance_norms_as_group_norms(network) if levers.fast_norm else network
+        self.batch_size = max(1, int(levers.batch_size if levers.batch_size is not None else 2 if cpu else 1))
+        self.channels_last = cpu if levers.channels_last is None else bool(levers.channels_last)
+        self._prepare_weights()
         self._loaded_fold: int | str | None = None
         self._load_fold(model.folds[0])
+
+    def _prepare_weights(self) -> None:
+        """The network's weights in ``self.precision``, converted once. On the CPU the network uses the
+        checkpoint's tensors themselves (load_state_dict(assign=True)): no second copy of the weights
+        (~250 MB for ResEnc-L; bench/RESULTS-engine.md); elsewhere they are copied into the device's."""
+        model, reduced = self.model, self.precision != "fp32"
+        if model.weights_precision not in (None, self.precision):
+            raise ValueError(f"{model.folder}: this model's weights were converted to "
+                             f"{model.weights_precision}; load the model again for {self.precision}")
+        dtype = torch_dtype(self.precision)
+        cast = _ConvCast(conv_state_keys(self.network), dtype, self.precision_emulated) if reduced else None
+        self._autocast = dtype if reduced and not self.precision_emulated else None
+        self._assign = self.device.type == "cpu"
+        if self._assign or self.precision_emulated:  # emulated: rounded on the CPU, then copied as float32
+            for fold in model.folds:
+                _prepare_cpu_weights(model.state_dicts[fold], self.channels_last and self._assign, cast)
+            model.weights_precision = self.precision
+            _return_freed_heap()
+        if not self._assign:
+            self.network = self.network.to_empty(device=self.device)
+            if self._autocast is not None:  # load_state_dict casts each fold's weights as it copies them
+                convert_convolutions(self.network, self._autocast)
+            if self.channels_last:
+                self.network = self.network.to(memory_format=torch.channels_last_3d)
+        if self.precision_emulated:
+            add_rounding_hooks(self.network, dtype)
 
     @property
     def mirror_axes(self) -> tuple[int, ...] | None:
@@ -186,10 +240,9 @@ class NnUNetPredictor:
         """Class probabilities (n_classes, *img.shape) float32, on the exact grid of ``img``.
 
         ``roi``: a box of voxels of ``img`` (one slice per axis); outside it the background class has
-        probability 1. The image is normalised and resampled whole, as without ``roi``. With
-        ``roi_tiling="image"`` only the whole image's sliding windows that overlap the box run, so
-        inside the box the probabilities ARE the whole image's (same windows, same weights); with
-        ``"box"`` the box, widened to at least a patch, is tiled on its own (fewer windows).
+        probability 1. The image is normalised and resampled whole, as without ``roi``, and only the
+        whole image's sliding windows that overlap the box run, so inside the box the probabilities ARE
+        the whole image's (same windows, same weights).
         ``tile_step``: this call's window step (default: the predictor's, nnU-Net's 0.5).
         """
         data = np.asarray(img.get_fdata(dtype=np.float32))
@@ -253,40 +306,16 @@ class NnUNetPredictor:
 
     def _fold_logits(self, data: torch.Tensor, fold: int | str, out: torch.Tensor | None,
                      region: tuple[slice, ...] | None, step: float) -> torch.Tensor:
+        """One fold's Gaussian-weighted logit sum (float32, whatever the precision), added into ``out``."""
         self._load_fold(fold)
-        kw = {"mirror_axes": self.mirror_axes, "step": step, "batch_size": self.batch_size,
-              "device": self.device, "channels_last": self.channels_last}
-        patch, n = self.config["patch_size"], self.model.num_classes
-        if region is None or self.roi_tiling == "image":
-            return sliding_window_logits(self.network, data, patch, n, out=out, region=region, **kw)
-        # "box": the box alone, on its own windows; its sum goes into data's grid
-        sub = sliding_window_logits(self.network, data[(slice(None), *region)], patch, n, **kw)
-        if out is None:
-            out = torch.zeros((n, *data.shape[1:]), dtype=torch.float32)
-        out[(slice(None), *region)] += sub
-        return out
+        run = WindowRun(mirror_axes=self.mirror_axes, step=step, batch_size=self.batch_size,
+                        device=self.device, channels_last=self.channels_last, autocast=self._autocast)
+        return sliding_window_logits(self.network, data, self.config["patch_size"], self.model.num_classes,
+                                     run, out=out, region=region)
 
-    def _weights(self, shape: Sequence[int], region: tuple[slice, ...] | None, step: float) -> torch.Tensor:
-        patch = self.config["patch_size"]
-        if region is None or self.roi_tiling == "image":
-            return weight_sum(shape, patch, step)
-        w = torch.ones(tuple(shape), dtype=torch.float32)
-        w[region] = weight_sum([r.stop - r.start for r in region], patch, step)
-        return w
-
-    def _box_region(self, region: tuple[slice, ...] | None, shape: Sequence[int]) -> tuple[slice, ...] | None:
-        """"box" tiling: the box widened (centred, inside the image) to at least one patch per axis, so
-        its windows see image content rather than padding."""
-        if region is None or self.roi_tiling == "image":
-            return region
-        out = []
-        for r, n, p in zip(region, shape, self.config["patch_size"], strict=True):
-            lo, hi = r.start, r.stop
-            if hi - lo < p:
-                lo = max(0, min(lo - (p - (hi - lo)) // 2, n - p))
-                hi = min(n, lo + p)
-            out.append(slice(lo, hi))
-        return tuple(out)
+    def _weights(self, shape: Sequence[int], step: float) -> torch.Tensor:
+        """nnU-Net's divisor: the sum of the windows' Gaussian weights per voxel."""
+        return weight_sum(shape, self.config["patch_size"], step)
 
     def _to_probabilities(self, logits: torch.Tensor, shape: Sequence[int], spacing_from: Sequence[float],
                           spacing_to: Sequence[float]) -> np.ndarray:
@@ -296,8 +325,7 @@ class NnUNetPredictor:
     def _probabilities(self, data: torch.Tensor, shape: Sequence[int], spacing_from: Sequence[float],
                        spacing_to: Sequence[float], region: tuple[slice, ...] | None,
                        step: float) -> np.ndarray:
-        region = self._box_region(region, data.shape[1:])
-        weights = self._weights(data.shape[1:], region, step)
+        weights = self._weights(data.shape[1:], step)
         folds = self.model.folds
         if self.ensemble == "logits":
             # sum of the Gaussian-weighted fold logits, one division: the mean of nnU-Net's fold logits

@@ -3,13 +3,17 @@ tiles at step 0.5, Gaussian importance (sigma = patch / 8), optional mirroring T
 
 MONAI's ``sliding_window_inference`` clamps its last tile to the border instead of spreading the
 tiles evenly, and builds its Gaussian analytically; both shift the logits by a few percent away from
-nnU-Net's. We therefore keep nnU-Net's schedule and weights and write the loop ourselves (short, in
-float32, accumulating in place, several tiles per forward pass).
+nnU-Net's. We therefore keep nnU-Net's schedule and weights and write the loop ourselves (short,
+accumulating in place in float32, several tiles per forward pass). In a reduced precision the image is
+converted once, the network runs under autocast, and each pass's logits become float32 before the
+Gaussian weighting and the sum.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -63,8 +67,24 @@ def mirror_combinations(axes: Sequence[int] | None) -> list[tuple[int, ...]]:
     return [c for r in range(1, len(dims) + 1) for c in itertools.combinations(dims, r)]
 
 
+@dataclass(frozen=True)
+class WindowRun:
+    """How the windows run: ``mirror_axes`` (TTA), ``step`` (fraction of the patch), ``batch_size``
+    (windows per forward pass), ``device``, ``channels_last`` (NDHWC windows, for a channels-last
+    network) and ``autocast``: the reduced dtype the network computes in (None: as its weights, float32).
+    """
+
+    mirror_axes: tuple[int, ...] | None = None
+    step: float = 0.5
+    batch_size: int = 1
+    device: torch.device | str = "cpu"
+    channels_last: bool = False
+    autocast: torch.dtype | None = None
+
+
 def _forward(network: torch.nn.Module, x: torch.Tensor, mirror: list[tuple[int, ...]]) -> torch.Tensor:
-    out = network(x)
+    """The network's logits for ``x`` in float32 (a no-op cast in float32), mirrored passes averaged."""
+    out = network(x).float()
     for axes in mirror:
         out += torch.flip(network(torch.flip(x, axes)), axes)
     if mirror:
@@ -73,9 +93,7 @@ def _forward(network: torch.nn.Module, x: torch.Tensor, mirror: list[tuple[int, 
 
 
 def sliding_window_logits(network: torch.nn.Module, data: torch.Tensor, patch: Sequence[int],
-                          num_classes: int, *, mirror_axes: Sequence[int] | None = None,
-                          step: float = 0.5, batch_size: int = 1, device: torch.device | str = "cpu",
-                          channels_last: bool = False, out: torch.Tensor | None = None,
+                          num_classes: int, run: WindowRun | None = None, *, out: torch.Tensor | None = None,
                           region: Sequence[slice] | None = None) -> torch.Tensor:
     """Gaussian-weighted sum of tile logits for ``data`` (c, x, y, z), as nnU-Net accumulates them.
 
@@ -86,25 +104,31 @@ def sliding_window_logits(network: torch.nn.Module, data: torch.Tensor, patch: S
     Returns the UNNORMALISED sum (num_classes, x, y, z) float32 on the CPU, added into ``out`` if
     given (fold ensembling sums folds, then divides once: see :func:`normalise_logits`).
     """
+    run = run or WindowRun()
     patch = tuple(int(p) for p in patch)
     padded, unpad = pad_to_patch(data, patch)
     spatial = tuple(padded.shape[1:])
     acc = torch.zeros((num_classes, *spatial), dtype=torch.float32)
-    g = torch.from_numpy(gaussian_weights(patch)).to(device)
-    mirror = mirror_combinations(mirror_axes)
+    g = torch.from_numpy(gaussian_weights(patch)).to(run.device)
+    mirror = mirror_combinations(run.mirror_axes)
     slicers = [tuple(slice(s, s + p) for s, p in zip(starts, patch, strict=True))
-               for starts in itertools.product(*tile_starts(spatial, patch, step))]
+               for starts in itertools.product(*tile_starts(spatial, patch, run.step))]
     if region is not None:  # region in padded coordinates, then the tiles that overlap it
         region = [slice(r.start + u.start, r.stop + u.start) for r, u in zip(region, unpad, strict=True)]
         slicers = [t for t in slicers
                    if all(a.start < b.stop and b.start < a.stop for a, b in zip(t, region, strict=True))]
-    padded = padded.to(device)
-    for i in range(0, len(slicers), batch_size):
-        batch = slicers[i:i + batch_size]
+    padded = padded.to(run.device)
+    autocast = contextlib.nullcontext()
+    if run.autocast is not None:  # the image converted once, not each window
+        padded = padded.to(run.autocast)
+        autocast = torch.autocast(torch.device(run.device).type, dtype=run.autocast)
+    for i in range(0, len(slicers), run.batch_size):
+        batch = slicers[i:i + run.batch_size]
         x = torch.stack([padded[(slice(None), *s)] for s in batch])
-        if channels_last:  # oneDNN's fast 3D convolutions want NDHWC (the network was converted too)
+        if run.channels_last:  # oneDNN's fast 3D convolutions want NDHWC (the network was converted too)
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        logits = _forward(network, x, mirror).float()
+        with autocast:
+            logits = _forward(network, x, mirror)
         logits *= g
         logits = logits.cpu()
         for j, s in enumerate(batch):
