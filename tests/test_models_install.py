@@ -459,7 +459,7 @@ def test_list_flags_an_install_of_another_release(installed_ms, tmp_path, server
     base, _ = installed_ms
 
     def newer(m):
-        m["release"] = "r20260703"
+        m["release"] = "r20990101"
     monkeypatch.setenv(registry.MANIFEST_ENV, str(_manifest(tmp_path, server, lesion_ms=newer)))
     assert main(["list", "--models-dir", str(base)]) == 0
     assert "lesion_ms          r20250909  other-rel" in capsys.readouterr().out

@@ -4,6 +4,7 @@
 the installed files against ``source.json`` on every call (sizes and mtimes; re-hashing only what
 changed). The command line is ``python -m bidsapp.models list|install|verify|path``.
 """
+from . import crop_metadata
 from .lookup import LocatedModel, locate
 from .registry import (
     Manifest,
@@ -16,13 +17,14 @@ from .registry import (
 )
 
 __all__ = ["LocatedModel", "locate", "canonical_task", "load_manifest", "Manifest", "ModelSpec", "TaskSpec",
-           "default_models_dir", "search_dirs", "describe"]
+           "default_models_dir", "search_dirs", "describe", "crop_metadata"]
 
 
-def describe(task: str) -> dict:
-    """Provenance of a task's official release for sidecars: release, URLs, citation, licence."""
+def describe(task: str, release: str | None = None) -> dict:
+    """Provenance of a task's official release (``release``: a selectable one) for sidecars: release,
+    URLs, citation, licence, whether it is trained on crops."""
     m = load_manifest()
-    spec = m.model_for(task)
+    spec = m.model_for(task, release)
     return {"task": canonical_task(task, m), "model": spec.name, "release": spec.release,
             "urls": [s.url for s in spec.sources], "homepage": spec.homepage, "citation": spec.citation,
-            "licence": spec.licence}
+            "licence": spec.licence, "cropped_image": spec.cropped_image, "default": spec.default}

@@ -1,4 +1,5 @@
-"""``python -m bidsapp.models list | install TASK... [--from URL|ZIP|FOLDER] | verify [TASK...] | path TASK``.
+"""``python -m bidsapp.models list | install TASK... [--release R] [--from URL|ZIP|FOLDER] |
+verify [TASK...] | path TASK``.
 
 Exit codes: 0 success, 1 a model error (download, layout, verification), 2 bad arguments.
 """
@@ -28,13 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
                                 "official Spinal Cord Toolbox lesion models.")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", parents=[common], help="tasks, release, status (installed, missing, CHANGED since "
-                   "install, other-rel: another release than the manifest's), size")
+                   "install, selected: a selectable release chosen with --release, other-rel: a release the "
+                   "manifest does not list), size; then the selectable releases")
     ins = sub.add_parser("install", parents=[common], help="download, check and install releases")
     ins.add_argument("tasks", nargs="+", metavar="TASK",
                      help="task, SCT alias or release name (e.g. lesion_ms)")
     ins.add_argument("--from", dest="origin", action="append", metavar="URL|ZIP|FOLDER",
                      help="install from this URL, local zip or folder instead of the official URL; repeat "
                           "once per archive for releases split per fold (only with one TASK)")
+    ins.add_argument("--release", default=None, metavar="R",
+                     help="install this selectable release instead of the default one (see `list`; only with "
+                          "one TASK); it replaces the installed release of that model")
     ver = sub.add_parser("verify", parents=[common], help="re-hash installed files against source.json")
     ver.add_argument("tasks", nargs="*", metavar="TASK", help="default: every installed release")
     pth = sub.add_parser("path", parents=[common], help="print the model folder (or .onnx file) of a task")
@@ -64,26 +69,31 @@ def _cmd_list(args: argparse.Namespace) -> int:
                 src = check_folder(root).source
                 size = _human(sum(f["size"] for f in src["files"].values()))
                 release = src.get("release", release)
-                # an install of another release than the manifest's (older app, or --from another release)
-                status = "installed" if release == model.release else "other-rel"
+                # a selectable release chosen with --release, or one the manifest does not list
+                status = ("installed" if release == model.release else
+                          "selected" if release in m.releases.get(model.name, {}) else "other-rel")
             except CordlesionError:
                 status = "CHANGED"
             where = str(root)
         for task in model.tasks:
             print(f"{task.name:<18} {release:<10} {status:<10} {size:>10}  "
                   f"{', '.join(task.aliases) or '-'}{'  ' + where if where else ''}")
+    for name, releases in m.releases.items():
+        for spec in releases.values():
+            if not spec.default:
+                print(f"selectable: {name} --release {spec.release}: {spec.description} ({spec.status})")
     return 0
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
-    if args.origin and len(args.tasks) > 1:
-        print("--from applies to one TASK at a time", file=sys.stderr)
+    if (args.origin or args.release) and len(args.tasks) > 1:
+        print("--from and --release apply to one TASK at a time", file=sys.stderr)
         return 2
     m = load_manifest()
-    names = list(dict.fromkeys(m.model_for(t).name for t in args.tasks))  # validate all before starting
+    names = list(dict.fromkeys(m.model_for(t, args.release).name for t in args.tasks))  # validate all first
     print(f"installing into {default_models_dir(args.models_dir)}", file=sys.stderr)
     for name in names:
-        done = install(name, models_dir=args.models_dir, origin=args.origin)
+        done = install(name, models_dir=args.models_dir, origin=args.origin, release=args.release)
         print(f"{done.model} {done.release}: {done.files} files, {_human(done.bytes)} -> {done.path}")
     return 0
 

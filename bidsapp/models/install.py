@@ -3,6 +3,9 @@ destination, assemble and check the layout, write ``source.json``, then swap it 
 
 A failure at any step removes the staging folder and leaves the previous install untouched.
 Per-fold archives (``lesion_ms`` r20250909: ``model_fold0..4.zip``) are merged into one trainer folder.
+Python shipped in an archive (``trainer_class.py``, which SCT executes) is never installed, imported or
+run. A ``crop_metadata.json`` (releases trained on crops, at the root of their archives) is checked and
+installed into the trainer folder, where ``crop_metadata.read`` finds it.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import ModelError
+from . import crop_metadata
 from .archive import Fetched, copy_tree, download, safe_extract
 from .lookup import TRAINER_FOLDER_RE
 from .registry import Manifest, ModelSpec, default_models_dir, load_manifest
@@ -122,7 +126,7 @@ def _pick_trainer_folder(root: Path, model: ModelSpec, origin: str) -> tuple[str
 
 
 # Files every fold of a release must share: the folds are only ensembled if they agree on these.
-_SHARED = ("plans.json", "dataset.json")
+_SHARED = ("plans.json", "dataset.json", "crop_metadata.json")
 
 
 def _same_content(a: Path, b: Path) -> bool:
@@ -172,9 +176,24 @@ def _assemble_nnunet(model: ModelSpec, roots: list[Path], origins: list[str], ou
             raise ModelError(f"{origin}: trainer folder {name!r} differs from {sorted(names - {name})[0]!r} "
                              f"in another archive of the release")
         _merge_into(folder, out / name, origin)
+        _merge_crop_metadata(root, out / name, origin)
     name = names.pop()
     check_nnunet_layout(out / name, model)
+    found = crop_metadata.read(out / name)
+    if model.cropped_image and found is None:
+        raise ModelError(f"{model.name} {model.release}: the release is trained on crops but none of its "
+                         f"archives has a {crop_metadata.FILE}")
     return name
+
+
+def _merge_crop_metadata(root: Path, dest: Path, origin: str) -> None:
+    """The archive's ``crop_metadata.json`` (SCT: at the root of the release's zip; one in the trainer
+    folder was merged with the folder) into ``dest``; the archives of a release that have one must agree."""
+    hits = sorted(root.rglob(crop_metadata.FILE))
+    if len(hits) > 1:
+        raise ModelError(f"{origin}: {len(hits)} {crop_metadata.FILE} files in one archive")
+    if hits:
+        _merge_file(hits[0], dest, Path(crop_metadata.FILE), origin)
 
 
 def _assemble_onnx(model: ModelSpec, roots: list[Path], out: Path) -> None:
@@ -273,12 +292,14 @@ def _remove_leftovers(dest: Path) -> None:
 
 
 def install(name: str, *, models_dir: str | Path | None = None, origin: list[str] | None = None,
-            manifest: Manifest | str | Path | None = None) -> Installed:
+            manifest: Manifest | str | Path | None = None, release: str | None = None) -> Installed:
     """Install the release providing task/alias/model ``name`` into ``models_dir`` (default:
     ``registry.default_models_dir``). ``origin``: URLs, local zips or folders to use instead of the
-    manifest's URLs (e.g. a mirror, or archives fetched elsewhere); one per fold where split."""
+    manifest's URLs (e.g. a mirror, or archives fetched elsewhere); one per fold where split.
+    ``release``: one of the manifest's selectable releases instead of the default one (it replaces
+    the installed release of that model)."""
     m = load_manifest(manifest)
-    model = m.model_for(name)
+    model = m.model_for(name, release)
     base = default_models_dir(models_dir)
     try:
         base.mkdir(parents=True, exist_ok=True)

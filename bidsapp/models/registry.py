@@ -1,7 +1,10 @@
 """The registry of official model releases: the packaged manifest, validated by its JSON Schema.
 
 One manifest entry is one installable unit (``ModelSpec``: a release folder, possibly assembled from
-several archives) offering one or more tasks (``TaskSpec``). nnU-Net releases offer one task each; the
+several archives) offering one or more tasks (``TaskSpec``). An entry may list ``selectable_releases``
+(the same model, another release: ``Manifest.model_for(name, release=...)``, ``install --release``):
+they are never installed by default. ``cropped_image`` is SCT's flag for a release trained on crops
+around the cord, which ships ``crop_metadata.json``. nnU-Net releases offer one task each; the
 legacy ONNX release offers ``t2``, ``t2_ax`` and ``t2s``. Tests inject their own manifest (pointing at a
 local server) through the ``manifest`` arguments or the ``CORDLESION_MANIFEST`` environment variable;
 the packaged file is never patched.
@@ -11,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -61,6 +64,9 @@ class ModelSpec:
     folder_name: str | None
     citation: str
     licence: str
+    cropped_image: bool = False  # trained on crops around the cord: ships crop_metadata.json
+    default: bool = True  # False: a selectable release, installed only when asked for
+    status: str | None = None  # why a selectable release is not the default
 
 
 @dataclass(frozen=True)
@@ -69,15 +75,21 @@ class Manifest:
     models: dict[str, ModelSpec]
     tasks: dict[str, TaskSpec]
     aliases: dict[str, str]  # alias (and canonical name) -> canonical task
+    releases: dict[str, dict[str, ModelSpec]] = field(default_factory=dict)  # model -> release -> spec
 
     def task(self, name: str) -> TaskSpec:
         return self.tasks[canonical_task(name, self)]
 
-    def model_for(self, name: str) -> ModelSpec:
-        """The model providing task or alias ``name``; a model name is accepted too."""
-        if name in self.models:
-            return self.models[name]
-        return self.models[self.task(name).model]
+    def model_for(self, name: str, release: str | None = None) -> ModelSpec:
+        """The model providing task or alias ``name`` (a model name is accepted too); ``release``: one of
+        its releases (the default one or a selectable one), else ``ModelError`` listing them."""
+        model = self.models[name] if name in self.models else self.models[self.task(name).model]
+        if release is None or release == model.release:
+            return model
+        known = self.releases.get(model.name, {})
+        if release not in known:
+            raise ModelError(f"{model.name} has no release {release!r} (known: {', '.join(sorted(known))})")
+        return known[release]
 
 
 @lru_cache(maxsize=1)
@@ -89,24 +101,37 @@ def _parse(path: Path, raw: dict) -> Manifest:
     models: dict[str, ModelSpec] = {}
     tasks: dict[str, TaskSpec] = {}
     aliases: dict[str, str] = {}
+    releases: dict[str, dict[str, ModelSpec]] = {}
     for name, m in raw["models"].items():
         specs = tuple(TaskSpec(t, name, tuple(d["aliases"]), tuple(d["contrasts"]), d.get("file"))
                       for t, d in m["tasks"].items())
-        lay = m["layout"]
-        models[name] = ModelSpec(
-            name=name, description=m["description"], format=m["format"], release=m["release"],
-            homepage=m["homepage"], tasks=specs,
-            sources=tuple(SourceSpec(s["url"], s["size"], s["sha256"]) for s in m["sources"]),
-            configuration=lay["configuration"], folds=tuple(lay["folds"]) if lay["folds"] else None,
-            network=lay["network"], folder_name=lay["folder_name"], citation=m["citation"],
-            licence=m["licence"])
+        models[name] = _model_spec(name, m, specs)
+        releases[name] = {m["release"]: models[name]}
+        for alt in m.get("selectable_releases", []):
+            merged = {**m, **alt, "homepage": alt.get("homepage", m["homepage"]),
+                      "citation": alt.get("citation", m["citation"])}
+            if alt["release"] in releases[name]:
+                raise ConfigError(f"{path}: release {alt['release']!r} of {name} is listed twice")
+            releases[name][alt["release"]] = _model_spec(name, merged, specs, default=False)
         for t in specs:
             for key in (t.name, *t.aliases):
                 if key in aliases or key in tasks:
                     raise ConfigError(f"{path}: task name or alias {key!r} is defined twice")
                 aliases[key] = t.name
             tasks[t.name] = t
-    return Manifest(path=path, models=models, tasks=tasks, aliases=aliases)
+    return Manifest(path=path, models=models, tasks=tasks, aliases=aliases, releases=releases)
+
+
+def _model_spec(name: str, m: dict, tasks: tuple[TaskSpec, ...], default: bool = True) -> ModelSpec:
+    lay = m["layout"]
+    return ModelSpec(
+        name=name, description=m["description"], format=m["format"], release=m["release"],
+        homepage=m["homepage"], tasks=tasks,
+        sources=tuple(SourceSpec(s["url"], s["size"], s["sha256"]) for s in m["sources"]),
+        configuration=lay["configuration"], folds=tuple(lay["folds"]) if lay["folds"] else None,
+        network=lay["network"], folder_name=lay["folder_name"], citation=m["citation"],
+        licence=m["licence"], cropped_image=bool(m.get("cropped_image", False)), default=default,
+        status=m.get("status"))
 
 
 @lru_cache(maxsize=8)
