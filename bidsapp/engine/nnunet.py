@@ -30,6 +30,7 @@ import torch
 
 from .. import orientation as ori
 from ..errors import ModelError
+from .ensemble import ClassMaps, SctVote, logit_mean_maps
 from .modelfolder import NnUNetModel
 from .network import build_network, instance_norms_as_group_norms
 from .precision import (
@@ -41,7 +42,7 @@ from .precision import (
     resolve_precision,
     torch_dtype,
 )
-from .preprocess import bbox_slices, insert_crop, nonzero_bbox, normalize
+from .preprocess import bbox_slices, nonzero_bbox, normalize
 from .resample import compute_new_shape, resample_to_shape
 from .sliding import WindowRun, sliding_window_logits, weight_sum
 
@@ -50,7 +51,10 @@ __all__ = ["Levers", "NnUNetModel", "NnUNetPredictor", "resolve_device"]
 log = logging.getLogger(__name__)
 
 _RESAMPLERS = {"resample_data_or_seg_to_shape"}
-ENSEMBLES = ("logits", "probabilities")
+#: "logits": nnU-Net's mean of the fold logits; "probabilities": mean of the fold probabilities;
+#: "sct": SCT 7.3's vote of the folds' segmentations and mean of their p(class) where it beats
+#: the background (``ensemble.SctVote``; ``predict_maps`` only)
+ENSEMBLES = ("logits", "probabilities", "sct")
 
 
 @dataclass(frozen=True)
@@ -237,7 +241,20 @@ class NnUNetPredictor:
     # ---- NIfTI in, probabilities on the input grid out -------------------------------------------
     def predict(self, img: nib.Nifti1Image, roi: Sequence[slice] | None = None,
                 tile_step: float | None = None) -> np.ndarray:
-        """Class probabilities (n_classes, *img.shape) float32, on the exact grid of ``img``.
+        """Class probabilities (n_classes, *img.shape) float32, on the exact grid of ``img``
+        (ensembles "logits" and "probabilities"; SCT's vote has no single map: :meth:`predict_maps`).
+        ``roi`` and ``tile_step`` as in :meth:`predict_maps`."""
+        return self._probabilities_only(self.predict_maps(img, roi=roi, tile_step=tile_step))
+
+    def _probabilities_only(self, maps: ClassMaps) -> np.ndarray:
+        if maps.votes is not None:
+            raise ValueError("ensemble 'sct' gives a vote and soft maps, not probabilities: use predict_maps")
+        return maps.soft
+
+    def predict_maps(self, img: nib.Nifti1Image, roi: Sequence[slice] | None = None,
+                     tile_step: float | None = None) -> ClassMaps:
+        """The ensemble's per-class maps (``ensemble.ClassMaps``: soft maps, and SCT's fold votes with
+        ensemble "sct") on the exact grid of ``img``.
 
         ``roi``: a box of voxels of ``img`` (one slice per axis); outside it the background class has
         probability 1. The image is normalised and resampled whole, as without ``roi``, and only the
@@ -256,23 +273,29 @@ class NnUNetPredictor:
             box = np.zeros(data.shape, bool)
             box[roi] = True
             roi_mask = ori.xyz_to_zyx(reo.apply(box))
-        probs = self.predict_array(ori.xyz_to_zyx(oriented)[None], ori.reverse_spacing(zooms),
-                                   roi=roi_mask, tile_step=tile_step)
-        out = np.ascontiguousarray(reo.undo(ori.xyz_to_zyx(probs)), dtype=np.float32)
+        maps = self.predict_array_maps(ori.xyz_to_zyx(oriented)[None], ori.reverse_spacing(zooms),
+                                       roi=roi_mask, tile_step=tile_step)
+        out = maps.transformed(lambda a: reo.undo(ori.xyz_to_zyx(a)))
         if roi is not None:
             outside = np.ones(data.shape, bool)
             outside[roi] = False
-            out[:, outside] = 0
-            out[0, outside] = 1
+            out.background_where(outside)
         return out
 
     # ---- nnU-Net's array path (predict_single_npy_array) -------------------------------------------
-    @torch.inference_mode()
     def predict_array(self, data: np.ndarray, spacing: Sequence[float], roi: np.ndarray | None = None,
                       tile_step: float | None = None) -> np.ndarray:
         """``nnUNetPredictor.predict_single_npy_array`` probabilities for ``data`` (c, x, y, z) in
         nnU-Net axis order with ``spacing`` for those axes; ``roi`` (bool, x, y, z): only the windows
         that overlap its bounding box are run (exact inside that box, see :meth:`predict`)."""
+        return self._probabilities_only(self.predict_array_maps(data, spacing, roi=roi, tile_step=tile_step))
+
+    @torch.inference_mode()
+    def predict_array_maps(self, data: np.ndarray, spacing: Sequence[float], roi: np.ndarray | None = None,
+                           tile_step: float | None = None) -> ClassMaps:
+        """:meth:`predict_array` as per-class maps (any ensemble; SCT's per-fold segmentations are those
+        of ``predict_single_npy_array`` with one fold: argmax on the input grid, background outside the
+        non-zero box)."""
         tf = [int(i) for i in self.model.plans.get("transpose_forward", [0, 1, 2])]
         tb = [int(i) for i in self.model.plans.get("transpose_backward", np.argsort(tf))]
         data = np.ascontiguousarray(data.transpose([0, *[i + 1 for i in tf]]), dtype=np.float32)
@@ -289,20 +312,25 @@ class NnUNetPredictor:
                          self.model.plans.get("foreground_intensity_properties_per_channel"))
         data = resample_to_shape(data, new_shape, spacing_t, target, **self._data_kw)
         region = None
+        back = [0, *[i + 1 for i in tb]]
         if roi is not None:
             roi = roi.transpose(tf)[bbox_slices(bbox)]
             region = roi_box_in_network_space(roi, new_shape)
             if region is None:  # the roi holds no image voxel: nothing to run, background everywhere
-                full = np.zeros((self.model.num_classes, *shape_before), dtype=np.float32)
-                full[0] = 1
-                return full.transpose([0, *[i + 1 for i in tb]])
+                full = self._background(shape_before)
+                return full.transformed(lambda a: a.transpose(back), contiguous=False)
         step = self.tile_step if tile_step is None else float(tile_step)
-        probs = self._probabilities(torch.from_numpy(np.ascontiguousarray(data)), shape_cropped, target,
-                                    spacing_t, region, step)
-        full = np.zeros((probs.shape[0], *shape_before), dtype=np.float32)
-        full[0] = 1  # background outside the crop, as nnU-Net's revert_cropping_on_probabilities
-        insert_crop(full, probs, bbox)
-        return full.transpose([0, *[i + 1 for i in tb]])
+        maps = self._ensemble(torch.from_numpy(np.ascontiguousarray(data)), shape_cropped, target, spacing_t,
+                              region, step)
+        # background outside the crop, as nnU-Net's revert_cropping_on_probabilities
+        full = maps.uncropped(tuple(shape_before), bbox_slices(bbox))
+        return full.transformed(lambda a: a.transpose(back), contiguous=False)
+
+    def _background(self, shape: Sequence[int]) -> ClassMaps:
+        n = self.model.num_classes
+        soft = np.zeros((n, *shape), np.float32)
+        votes = np.zeros((n, *shape), np.uint8) if self.ensemble == "sct" else None
+        return ClassMaps(soft, votes, len(self.model.folds)).background_where(np.ones(tuple(shape), bool))
 
     def _fold_logits(self, data: torch.Tensor, fold: int | str, out: torch.Tensor | None,
                      region: tuple[slice, ...] | None, step: float) -> torch.Tensor:
@@ -317,14 +345,20 @@ class NnUNetPredictor:
         """nnU-Net's divisor: the sum of the windows' Gaussian weights per voxel."""
         return weight_sum(shape, self.config["patch_size"], step)
 
+    def _resampled_logits(self, logits: torch.Tensor, shape: Sequence[int], spacing_from: Sequence[float],
+                          spacing_to: Sequence[float]) -> np.ndarray:
+        """Logits on the input (cropped) grid: nnU-Net's ``resampling_fn_probabilities``."""
+        return np.ascontiguousarray(resample_to_shape(logits.numpy(), shape, spacing_from, spacing_to,
+                                                      **self._prob_kw))
+
     def _to_probabilities(self, logits: torch.Tensor, shape: Sequence[int], spacing_from: Sequence[float],
                           spacing_to: Sequence[float]) -> np.ndarray:
-        back = resample_to_shape(logits.numpy(), shape, spacing_from, spacing_to, **self._prob_kw)
-        return torch.softmax(torch.from_numpy(np.ascontiguousarray(back)), 0).numpy()
+        back = self._resampled_logits(logits, shape, spacing_from, spacing_to)
+        return torch.softmax(torch.from_numpy(back), 0).numpy()
 
-    def _probabilities(self, data: torch.Tensor, shape: Sequence[int], spacing_from: Sequence[float],
-                       spacing_to: Sequence[float], region: tuple[slice, ...] | None,
-                       step: float) -> np.ndarray:
+    def _ensemble(self, data: torch.Tensor, shape: Sequence[int], spacing_from: Sequence[float],
+                  spacing_to: Sequence[float], region: tuple[slice, ...] | None, step: float) -> ClassMaps:
+        """The folds combined, on the cropped input grid (one fold's maps in memory at a time)."""
         weights = self._weights(data.shape[1:], step)
         folds = self.model.folds
         if self.ensemble == "logits":
@@ -333,11 +367,18 @@ class NnUNetPredictor:
             for fold in folds:
                 acc = self._fold_logits(data, fold, acc, region, step)
             acc /= weights * len(folds)
-            return self._to_probabilities(acc, shape, spacing_from, spacing_to)
+            return logit_mean_maps(self._to_probabilities(acc, shape, spacing_from, spacing_to), len(folds))
+        vote = SctVote() if self.ensemble == "sct" else None
         probs = None
-        for fold in folds:  # SCT: each fold's probabilities, then their mean
+        for fold in folds:  # one fold at a time, as predict_single_npy_array with that fold alone
             logits = self._fold_logits(data, fold, None, region, step)
             logits /= weights
-            p = self._to_probabilities(logits, shape, spacing_from, spacing_to)
-            probs = p if probs is None else probs + p
-        return probs / len(folds)
+            back = self._resampled_logits(logits, shape, spacing_from, spacing_to)
+            p = torch.softmax(torch.from_numpy(back), 0).numpy()
+            if vote is not None:
+                vote.add(back, p)
+            else:
+                probs = p if probs is None else probs + p
+        if vote is not None:
+            return vote.result()
+        return logit_mean_maps(probs / len(folds), len(folds))
