@@ -10,6 +10,7 @@ the budget, the cgroup and /proc/meminfo texts through a reader the caller may r
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from nibabel import orientations as nio
@@ -153,6 +155,22 @@ def legacy_plan(name: str, onnx_file: str | Path) -> ModelPlan:
     path = Path(onnx_file)
     return ModelPlan(name=name, spacing=(0.5, 0.5, None), base_features=16,
                      weights_bytes=path.stat().st_size if path.is_file() else 0, batch_size=1, kind="legacy")
+
+
+@functools.lru_cache(maxsize=32)
+def _plan(name: str, path: str, folds: tuple | None) -> ModelPlan:
+    if path.endswith(".onnx"):
+        return legacy_plan(name, path)
+    return nnunet_plan(name, path, folds)
+
+
+def task_plans(models: Mapping[str, Any], folds: Sequence[int | str] | None = None) -> list[ModelPlan]:
+    """The plans of a job's models (``name -> LocatedModel`` or folder/file), read once per process."""
+    out = []
+    for name, located in models.items():
+        path = str(getattr(located, "path", located))
+        out.append(_plan(name, path, tuple(folds) if folds is not None else None))
+    return out
 
 
 # ---- memory estimate ----------------------------------------------------------------------------
@@ -379,6 +397,15 @@ def check_model_grids(path: str | Path, shape: Sequence[int], zooms: Sequence[fl
                 f"segment; check the header's voxel sizes (mm)")
 
 
+def check_image(path: str | Path, img: Any, plans: Sequence[ModelPlan], *, budget: MemoryBudget | None,
+                allow_unusual: bool = False) -> MemoryEstimate:
+    """:func:`image_guards` on a loaded header (``nib.load`` proxy: no voxel is read): its shape (a
+    trailing 4th dimension of 1 dropped), header voxel sizes (as the engine reads them) and affine."""
+    shape = tuple(int(s) for s in img.shape[:3])
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return image_guards(path, shape, zooms, img.affine, plans, budget=budget, allow_unusual=allow_unusual)
+
+
 def image_guards(path: str | Path, shape: Sequence[int], zooms: Sequence[float], affine: np.ndarray,
                  plans: Sequence[ModelPlan], *, budget: MemoryBudget | None,
                  allow_unusual: bool = False) -> MemoryEstimate:
@@ -450,6 +477,7 @@ def _raised_in(exc: BaseException, package: str) -> bool:
 
 
 __all__ = ["ALLOW_UNUSUAL_FLAG", "GeometryLimits", "LIMITS", "ModelPlan", "MemoryEstimate", "MemoryBudget",
-           "plausibility", "check_geometry", "nnunet_plan", "legacy_plan", "model_grid", "estimate_memory",
+           "plausibility", "check_geometry", "nnunet_plan", "legacy_plan", "task_plans", "model_grid",
+           "estimate_memory", "check_image",
            "parse_memory", "memory_budget", "check_memory", "check_model_grids", "image_guards",
            "format_bytes", "failure_reason"]

@@ -296,3 +296,18 @@ def test_failure_reason_is_a_sentence_never_the_raw_text(make, words, raw):
 def test_failure_reason_keeps_our_own_messages():
     exc = InputImageError("a.nii: image is all zero")
     assert guards.failure_reason(exc, "a.nii") == "a.nii: image is all zero"
+
+
+def test_task_plans_and_check_image_on_a_header_only(tmp_path):
+    from bidsapp.models import locate
+
+    plans = guards.task_plans({"spinalcord": locate("spinalcord", demo=True), "t2": locate("t2", demo=True)})
+    assert [(p.name, p.kind) for p in plans] == [("spinalcord", "nnunet"), ("t2", "legacy")]
+    path = tmp_path / "x.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((30, 30, 20), np.float32), np.diag([15.0, 15.0, 15.0, 1.0])), path)
+    img = nib.load(str(path))
+    with pytest.raises(InputImageError, match="x.nii.gz: voxel size 15x15x15 mm"):
+        guards.check_image(path, img, plans, budget=None)
+    est = guards.check_image(path, img, plans, budget=None, allow_unusual=True)
+    assert est.model == "spinalcord" and est.grid == (150, 450, 450) and not img.in_memory
+    assert guards.model_grid(img.shape, (15.0,) * 3, img.affine, plans[1]) == (900, 900, 20)
