@@ -31,7 +31,7 @@ lock:
 # Builds the Dockerfile with podman and runs the image read-only on phantoms (root, podman, mmdebstrap:
 # .ci/run installs them; skipped with the reason otherwise). Not part of `make test`: it takes minutes.
 test-containers: $(STAMP)
-	CORDLESION_TEST_CONTAINERS=1 $(PY) -m pytest -q -ra tests/test_podman.py
+	CORDLESION_TEST_CONTAINERS=1 $(PY) -m pytest -q -raP tests/test_podman.py
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
