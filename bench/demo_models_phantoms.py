@@ -20,7 +20,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import test_demo_models as t  # noqa: E402  (reuse the test phantoms' acquisition settings)
 
-from bidsapp.pipelines import segment  # noqa: E402
+from bidsapp.pipelines import RunOptions, segment  # noqa: E402
+
+DEMO_CPU = RunOptions(demo=True, device="cpu")
 
 t.TEST_SEED = 4243
 
@@ -43,18 +45,18 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.per_contrast):
             ph = t._test_phantom(contrast, 100 * k + i)
             start = time.perf_counter()
-            result = segment(ph.image, task=task, demo=True, device="cpu")
+            result = segment(ph.image, task=task, options=DEMO_CPU)
             seconds.append(time.perf_counter() - start)
             lesion.append(t._dice(np.asarray(result.mask.dataobj) > 0, np.asarray(ph.lesion.dataobj) > 0))
             sc = (
                 result.cord
                 if result.cord is not None
-                else segment(ph.image, task="spinalcord", demo=True, device="cpu").mask
+                else segment(ph.image, task="spinalcord", options=DEMO_CPU).mask
             )
             cord.append(t._dice(np.asarray(sc.dataobj) > 0, np.asarray(ph.cord.dataobj) > 0))
         for i in range(3):
             ph = t._test_phantom(contrast, 100 * k + 50 + i, n_lesions=0)
-            mask = np.asarray(segment(ph.image, task=task, demo=True, device="cpu").mask.dataobj) > 0
+            mask = np.asarray(segment(ph.image, task=task, options=DEMO_CPU).mask.dataobj) > 0
             fp.append(float(mask.sum() * np.prod(ph.image.header.get_zooms()[:3])))
         print(
             f"| {contrast} | {task} | {len(lesion)} "

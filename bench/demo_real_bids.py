@@ -21,7 +21,9 @@ import torch
 
 from bidsapp.imaging import load_image
 from bidsapp.metrics import lesion_stats, voxel_volume_mm3
-from bidsapp.pipelines import segment
+from bidsapp.pipelines import RunOptions, segment
+
+DEMO_CPU = RunOptions(demo=True, device="cpu")
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-bids"
 
@@ -33,9 +35,9 @@ def run(bids_dir: Path) -> list[dict]:
             continue
         img = load_image(path)
         start = time.perf_counter()
-        lesion = segment(img, task="lesion_ms", demo=True, device="cpu")
+        lesion = segment(img, task="lesion_ms", options=DEMO_CPU)
         lesion_s = time.perf_counter() - start
-        cord = segment(img, task="spinalcord", demo=True, device="cpu")
+        cord = segment(img, task="spinalcord", options=DEMO_CPU)
         stats = lesion_stats(lesion.mask)
         cord_voxels = int(np.asarray(cord.mask.dataobj).sum())
         rows.append(

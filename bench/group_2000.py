@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bidsapp.group import run_group  # noqa: E402
 from bidsapp.metrics import LesionStats  # noqa: E402
-from bidsapp.qc import VIEWS, build_record, qc_names  # noqa: E402
+from bidsapp.qc import VIEWS, QcJob, build_record, qc_names  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -61,8 +61,8 @@ def synthesise(out: Path, n: int, seed: int = 0) -> int:
         names = qc_names(src, task)
         (out / names["record"]).parent.mkdir(parents=True, exist_ok=True)
         if rng.random() < 0.05:
-            rec = build_record(source_relpath=src, task=task, model_release="r1", demo=False, status="failed",
-                               error=f"{src}: synthetic failure {i}", runtime_s=1.0)
+            rec = build_record(QcJob(src, task, "r1", False, runtime_s=1.0), status="failed",
+                               error=f"{src}: synthetic failure {i}")
         else:
             vols = sorted(rng.lognormal(3.5, 1.0, rng.poisson(2.5)).round(3).tolist(), reverse=True)
             figures = {}
@@ -72,9 +72,8 @@ def synthesise(out: Path, n: int, seed: int = 0) -> int:
                 total += len(data)
                 figures[view] = names[view]
             mask = src.replace(f"_{con}.nii.gz", f"_label-lesion_desc-{con}_mask.nii.gz")
-            rec = build_record(source_relpath=src, task=task, model_release="r1", demo=False,
-                               stats=LesionStats(len(vols), round(sum(vols), 3), vols), figures=figures,
-                               outputs={"mask": mask}, runtime_s=float(rng.uniform(20, 90)))
+            job = QcJob(src, task, "r1", False, runtime_s=float(rng.uniform(20, 90)), outputs={"mask": mask})
+            rec = build_record(job, stats=LesionStats(len(vols), round(sum(vols), 3), vols), figures=figures)
         (out / names["record"]).write_text(json.dumps(rec, indent=2))
     (out / "dataset_description.json").write_text(json.dumps({"Name": "bench"}))
     return total

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bidsapp import plan, runner
+from bidsapp import plan, runner, tasks
 from bidsapp.settings import Settings
 
 # Per subject: what a typical spinal cord / brain MS dataset holds (files are empty or tiny JSON).
@@ -59,7 +59,7 @@ def ours(root: Path, out: Path) -> int:
     settings = Settings(bids_dir=root, output_dir=out)
     rules = plan.default_rules()
     jobs = plan.route(plan.index(root, suffixes=plan.rule_suffixes(rules)), rules)
-    located = {name: _Model(name) for job in jobs for name in runner.TASK_MODELS[job.task]}
+    located = {name: _Model(name) for job in jobs for name in tasks.get(job.task).models_run(settings.crop)}
     items = runner.prepare(jobs, settings, located)
     return len(items)
 

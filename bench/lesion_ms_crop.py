@@ -12,8 +12,8 @@ Full path: lesion_ms on the whole image. Crop path (what ``pipelines`` runs): sp
 image with windows at the lesion_ms box rule's ``cord_tile_step`` (timed), the box around the cord,
 lesion_ms on the whole image's windows that overlap the box. Also timed: the lesion pass alone (the
 engine's "box" tiling, measured in bench/RESULTS-crop.md, was removed in issue 16). Random weights give
-no meaningful cord, so the box is computed from the phantom's true tube (same function, same margins): the time
-of every model pass is real, the box size is what a correct cord mask gives. Predictors are loaded
+no meaningful cord, so the box is computed from the phantom's true tube (same function, same margins):
+the time of every model pass is real, the box size is what a correct cord mask gives. Predictors are loaded
 and warmed up first; repetitions alternate full / crop.
 
 Agreement: the demo models (bidsapp/models/demo) through ``pipelines.segment`` with ``crop=False``

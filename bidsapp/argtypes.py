@@ -2,7 +2,20 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
+from typing import NoReturn
+
+from .errors import EXIT
+
+
+class Parser(argparse.ArgumentParser):
+    """The argument parser of our command lines: argparse exits 2 on a bad argument, we exit 64
+    (EX_USAGE, ``errors.EXIT["usage"]``) after the usage line and a one-line error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT["usage"], f"{self.prog}: error: {message}\n")
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:

@@ -26,9 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
-
 from . import __version__
+from .derivatives import image_names, nifti_stem
 from .errors import ConfigError, CordlesionError
 from .plan import read_json, validate_user_json
 
@@ -151,7 +150,7 @@ def app_arguments(job: BrainlifeJob, bids_dir: Path, output_dir: Path) -> list[s
 def find_lesion_mask(output_dir: Path, source: str) -> Path | None:
     """The lesion mask whose sidecar names ``source`` (``bids:raw:<path>``) in ``Sources``."""
     for mask in sorted(output_dir.glob("sub-*/**/*_label-lesion*_mask.nii.gz")):
-        sidecar = mask.with_name(mask.name[: -len(".nii.gz")] + ".json")
+        sidecar = mask.with_name(nifti_stem(mask.name) + ".json")
         try:
             sources = json.loads(sidecar.read_text()).get("Sources") or []
         except (OSError, ValueError):
@@ -163,7 +162,7 @@ def find_lesion_mask(output_dir: Path, source: str) -> Path | None:
 
 def _qc_pictures(source: str, output_dir: Path) -> list[dict[str, str]]:
     """brainlife ``image/png`` entries: the QC overlays of the image ``source`` (BIDS-relative path)."""
-    stem = Path(source).name.removesuffix(".gz").removesuffix(".nii")
+    stem = nifti_stem(source)
     pictures = sorted(output_dir.glob(f"sub-*/figures/{stem}_desc-*.png"))
     overlays = [p for p in pictures if "overlay" in p.stem] or pictures
     return [{"type": "image/png", "name": p.stem, "base64": base64.b64encode(p.read_bytes()).decode()}
@@ -172,9 +171,8 @@ def _qc_pictures(source: str, output_dir: Path) -> list[dict[str, str]]:
 
 def collect_outputs(job: BrainlifeJob, sources: dict[str, str], output_dir: Path,
                     job_dir: Path) -> dict[str, Any]:
-    """Copy each lesion mask to ``mask_<key>/mask.nii.gz``; return the ``product.json`` content."""
-    from .metrics import lesion_stats
-
+    """Copy each lesion mask to ``mask_<key>/mask.nii.gz``; return the ``product.json`` content (lesion
+    figures from the image's QC record: the participant level measured them once)."""
     product: dict[str, Any] = {"brainlife": [], "subject": job.subject, "session": job.session,
                                "cordlesion_version": __version__, "lesions": {}}
     for key, source in sources.items():
@@ -185,17 +183,29 @@ def collect_outputs(job: BrainlifeJob, sources: dict[str, str], output_dir: Path
         destination = job_dir / f"mask_{key}" / "mask.nii.gz"
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(mask, destination)
-        stats = lesion_stats(nib.load(destination))
-        sidecar = json.loads(mask.with_name(mask.name[: -len(".nii.gz")] + ".json").read_text())
+        sidecar = json.loads(mask.with_name(nifti_stem(mask.name) + ".json").read_text())
+        stats = _lesion_figures(output_dir, source, sidecar)
         product["lesions"][key] = {
-            "count": stats.count, "total_volume_mm3": stats.total_mm3, "volumes_mm3": stats.volumes_mm3,
+            "count": stats["count"], "total_volume_mm3": stats["total_mm3"],
+            "volumes_mm3": stats["volumes_mm3"],
             "mask": destination.relative_to(job_dir).as_posix(), "derivative": mask.relative_to(output_dir)
             .as_posix(), "model": {k: v for k, v in sidecar.items() if k not in ("Sources", "Description")},
         }
-        product["brainlife"].append({"type": "info", "msg": f"{key}: {stats.count} lesion(s), "
-                                     f"{stats.total_mm3:.1f} mm3 in total"})
+        product["brainlife"].append({"type": "info", "msg": f"{key}: {stats['count']} lesion(s), "
+                                     f"{stats['total_mm3']:.1f} mm3 in total"})
         product["brainlife"] += _qc_pictures(source, output_dir)
     return product
+
+
+def _lesion_figures(output_dir: Path, source: str, sidecar: dict[str, Any]) -> dict[str, Any]:
+    """The ``lesions`` block of the QC record of the task that wrote this mask (its sidecar names it)."""
+    task = ((sidecar.get("Provenance") or {}).get("State") or {}).get("Task")
+    try:
+        record = output_dir / image_names(source, str(task)).qc_record
+        return dict(json.loads(record.read_text())["lesions"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # ConfigError (unknown task) is a ValueError
+        raise CordlesionError(f"{output_dir}: no QC record with the lesion figures of {source} "
+                              f"({exc})") from exc
 
 
 def run(config_path: str | Path) -> int:

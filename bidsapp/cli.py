@@ -13,30 +13,16 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from . import __version__
-from .argtypes import flatten_folds, folds, positive_int
-from .errors import ConfigError, CordlesionError, ModelError, OutputError
+from . import __version__, tasks
+from .argtypes import Parser, flatten_folds, folds, positive_int
+from .errors import EXIT, ConfigError, CordlesionError, ModelError, OutputError
 from .settings import CROP_HELP, Settings, default_omp_nthreads
 
 log = logging.getLogger("bidsapp")
 
-EXIT = {"ok": 0, "failed": 1, "invalid_bids": 16, "unknown_level": 17, "no_match": 18, "usage": 64,
-        "data": 65, "no_input": 66, "cant_create": 73, "interrupted": 130}
 LEVELS = ("participant", "group")
-
-
-class UsageError(Exception):
-    """A command-line usage error (exit 64)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse exits 2 on bad arguments; BIDS Apps exit 64 (EX_USAGE)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        raise UsageError(f"{self.prog}: error: {message}")
 
 
 def _label(prefix: str):
@@ -50,8 +36,8 @@ def _label(prefix: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The BIDS-App argument parser (exits 64 through :class:`UsageError` on bad arguments)."""
-    p = _Parser(prog="cordlesion", description="Spinal cord MS lesion segmentation (SCT lesion models) as "
+    """The BIDS-App argument parser (exits 64 on bad arguments)."""
+    p = Parser(prog="cordlesion", description="Spinal cord MS lesion segmentation (SCT lesion models) as "
                 "a BIDS App.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("bids_dir", type=Path, help="input BIDS dataset (read only)")
     p.add_argument("output_dir", type=Path, help="output BIDS-Derivatives folder (not inside bids_dir)")
@@ -99,10 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the app; returns the exit code (never raises for user errors)."""
     try:
         args = build_parser().parse_args(argv)
-    except UsageError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT["usage"]
-    except SystemExit as exc:  # --help, --version
+    except SystemExit as exc:  # --help, --version, or a usage error (64, already printed)
         return int(exc.code or 0)
     _setup_logging(args.verbose)
     try:
@@ -227,7 +210,8 @@ def _settings(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -> Set
         models_dir=Path(args.models_dir).absolute() if args.models_dir else None, demo=args.demo,
         work_dir=args.work_dir.absolute() if args.work_dir else None, nprocs=args.nprocs,
         omp_nthreads=args.omp_nthreads or default_omp_nthreads(args.nprocs), device=args.device,
-        tta=args.tta, folds=flatten_folds(args.folds), crop=args.crop, overwrite=args.overwrite,
+        tta=args.tta, folds=flatten_folds(args.folds),
+        crop=tasks.CROP_DEFAULT if args.crop is None else args.crop, overwrite=args.overwrite,
         dry_run=args.dry_run,
         skip_bids_validator=args.skip_bids_validator)
 

@@ -13,14 +13,16 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Mapping
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import nibabel as nib
 
-from . import __version__
+from . import __version__, tasks
 from .errors import OutputError
 
 log = logging.getLogger(__name__)
@@ -34,55 +36,118 @@ BIDS_VERSION = "1.10.0"
 BIDSIGNORE_LINES = ("**/figures", "logs", "qc", "group")
 PROVENANCE_KEY = "Provenance"
 
-# Legacy tasks get their own desc so two models on one image have distinct, BIDS-valid names.
-_DESC_SUFFIX = {"t2": "Legacy", "t2s": "Legacy", "t2_ax": "LegacyAx"}
-_LABEL = {"spinalcord": "SC"}
+#: the QC pictures drawn per image (``bidsapp.qc.pictures`` draws them; their names are made here)
+QC_VIEWS = ("axial", "axialoverlay", "sagittal", "sagittaloverlay", "thumb")
+_NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 
 
 # ----------------------------------------------------------------------------------------------- names
+def nifti_stem(filename: str) -> str:
+    """A file name without its NIfTI extension: ``sub-01_T2w.nii.gz`` -> ``sub-01_T2w`` (any other
+    extension is dropped too: ``x.json`` -> ``x``)."""
+    name = PurePosixPath(filename).name
+    for ext in _NIFTI_EXTENSIONS:
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+@dataclass(frozen=True)
+class BidsName:
+    """A BIDS file name taken apart: ``(key, value)`` pairs spelled as in the name, suffix, extension."""
+
+    pairs: tuple[tuple[str, str], ...]
+    suffix: str
+    extension: str
+
+    @property
+    def entities(self) -> dict[str, str]:
+        """``{"sub": "01", "run": "01"}``: keys and values verbatim."""
+        return dict(self.pairs)
+
+
+def parse_name(filename: str) -> BidsName:
+    """``sub-01_acq-sag_run-01_T2w.nii.gz`` -> pairs (sub, 01), (acq, sag), (run, 01), suffix ``T2w``,
+    extension ``.nii.gz``. The one BIDS file-name parser (pybids spellings: ``plan.parse_entities``)."""
+    name = PurePosixPath(filename).name
+    stem, dot, ext = name.partition(".")
+    *parts, suffix = stem.split("_")
+    pairs = tuple((key, value) for key, sep, value in (p.partition("-") for p in parts) if sep and key)
+    return BidsName(pairs, suffix, dot + ext)
+
+
 def source_entities(filename: str) -> str:
     """The source file name without its suffix and extension: ``sub-01_ses-M0_acq-sag_T2w.nii.gz`` ->
     ``sub-01_ses-M0_acq-sag`` (BIDS-Derivatives: "source entities")."""
-    stem = filename[: -len(".nii.gz")] if filename.endswith(".nii.gz") else filename.rsplit(".", 1)[0]
-    return stem.rsplit("_", 1)[0]
+    return nifti_stem(filename).rsplit("_", 1)[0]
 
 
-def desc_for(task: str, suffix: str) -> str:
-    """``desc-`` of a task's outputs for a source suffix (``T2w`` for lesion_ms, ``T2wLegacy`` for t2)."""
-    return suffix + _DESC_SUFFIX.get(task, "")
+def qc_label(task: str) -> str:
+    """``desc-`` label of a task's QC files: alphanumerics only (``lesion_ms`` -> ``lesionms``)."""
+    return re.sub(r"[^A-Za-z0-9]", "", task)
 
 
-def label_for(task: str) -> str:
-    """``label-`` value of a task's outputs: ``SC`` for the cord model, ``lesion`` for the lesion models."""
-    return _LABEL.get(task, "lesion")
+@dataclass(frozen=True)
+class ImageNames:
+    """Every per-image path of one (source image, task), relative to output_dir."""
+
+    mask: str
+    mask_json: str
+    probseg: str
+    probseg_json: str
+    cord: str | None
+    """The cord mask the task used (tasks that write it), else None."""
+    cord_json: str | None
+    lesions_tsv: str
+    """Per-image lesion table (``..._lesions.tsv``) and its data dictionary (``.json``)."""
+    lesions_json: str
+    log: str
+    settings: str
+    qc_record: str
+    figures: dict[str, str]
+    """QC view -> PNG path."""
+
+    def outputs(self) -> dict[str, str]:
+        """The derivative images and sidecars: ``mask``, ``mask_json``, ``probseg``, ``probseg_json``
+        and, when the task writes the cord it used, ``cord``, ``cord_json``."""
+        out = {"mask": self.mask, "mask_json": self.mask_json, "probseg": self.probseg,
+               "probseg_json": self.probseg_json}
+        if self.cord is not None and self.cord_json is not None:
+            out.update(cord=self.cord, cord_json=self.cord_json)
+        return out
+
+    def paths(self) -> list[str]:
+        """Every path above (for collision checks)."""
+        return [*self.outputs().values(), self.lesions_tsv, self.lesions_json, self.log, self.settings,
+                self.qc_record, *self.figures.values()]
 
 
-def output_names(source_relpath: str, suffix: str, task: str) -> dict[str, str]:
-    """Output paths (relative to output_dir) of one (image, task) job.
+def image_names(source_relpath: str, task: str | tasks.Task) -> ImageNames:
+    """The one naming rule: every per-image path of ``task`` on ``source_relpath`` (BIDS-relative).
 
-    Keys: ``mask``, ``mask_json``, ``probseg``, ``probseg_json``, and for ``lesion_ms_mp2rage`` also
-    ``cord``, ``cord_json`` (the cord mask used for the crop).
+    Outputs: ``<folder>/<source entities>_label-<label>_desc-<suffix><tag>_{mask,probseg}.nii.gz``;
+    the cord a task used: ``..._label-SC_desc-<suffix>_mask.nii.gz``; logs:
+    ``logs/<sub>/<source stem>[_label-<label>]_desc-<desc>.log`` (the label only when not ``lesion``)
+    and ``..._settings.json``; QC: ``<sub>/figures/<source stem>_desc-<task>_{<view>.png,qc.json}``.
+    Two tasks on one image get distinct names for everything except a cord mask another task of the
+    image writes as its own mask (``plan.route`` then keeps only that one).
     """
-    src = Path(source_relpath)
-    base = f"{source_entities(src.name)}_label-{label_for(task)}_desc-{desc_for(task, suffix)}"
-    folder = src.parent.as_posix()
-    names = {
-        "mask": f"{folder}/{base}_mask.nii.gz",
-        "mask_json": f"{folder}/{base}_mask.json",
-        "probseg": f"{folder}/{base}_probseg.nii.gz",
-        "probseg_json": f"{folder}/{base}_probseg.json",
-    }
-    if task == "lesion_ms_mp2rage":
-        cord = f"{folder}/{source_entities(src.name)}_label-SC_desc-{suffix}"
-        names.update(cord=f"{cord}_mask.nii.gz", cord_json=f"{cord}_mask.json")
-    return names
-
-
-def log_name(source_relpath: str, suffix: str, task: str) -> str:
-    """Per-image log path (relative to output_dir): ``logs/sub-01/<source stem>_desc-<Desc>.log``."""
-    src = Path(source_relpath)
-    subject = src.parts[0]
-    return f"logs/{subject}/{source_entities(src.name)}_{suffix}_desc-{desc_for(task, suffix)}.log"
+    spec = tasks.get(task)
+    src = PurePosixPath(source_relpath)
+    folder, subject, stem = src.parent.as_posix(), src.parts[0], nifti_stem(src.name)
+    entities, suffix = source_entities(src.name), parse_name(src.name).suffix
+    desc = spec.desc(suffix)
+    base = f"{folder}/{entities}_label-{spec.label}_desc-{desc}"
+    cord = f"{folder}/{entities}_label-SC_desc-{suffix}" if spec.writes_cord else None
+    label = "" if spec.label == "lesion" else f"_label-{spec.label}"
+    logs = f"logs/{subject}/{stem}{label}_desc-{desc}"
+    qc = f"{subject}/figures/{stem}_desc-{qc_label(spec.name)}"
+    return ImageNames(
+        mask=f"{base}_mask.nii.gz", mask_json=f"{base}_mask.json", probseg=f"{base}_probseg.nii.gz",
+        probseg_json=f"{base}_probseg.json", cord=cord and f"{cord}_mask.nii.gz",
+        cord_json=cord and f"{cord}_mask.json", lesions_tsv=f"{base}_lesions.tsv",
+        lesions_json=f"{base}_lesions.json", log=f"{logs}.log", settings=f"{logs}_settings.json",
+        qc_record=f"{qc}_qc.json", figures={view: f"{qc}_{view}.png" for view in QC_VIEWS})
 
 
 # ----------------------------------------------------------------------------------------- atomic I/O
@@ -228,10 +293,22 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def sidecar(*, source_uri: str, description: str, provenance: Mapping[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class SidecarInfo:
+    """What the sidecars of one job say besides the file names: the source, the task's description and
+    mask type (from the task table), and the provenance (completed here with ``Outputs``)."""
+
+    source_uri: str
+    description: str
+    mask_type: str
+    provenance: Mapping[str, Any]
+
+
+def sidecar(*, source_uri: str, description: str, provenance: Mapping[str, Any],
+            mask_type: str = "Lesion") -> dict[str, Any]:
     """A mask/probseg sidecar: BIDS fields, then our provenance under ``Provenance``."""
     return {
-        "Type": "Lesion",
+        "Type": mask_type,
         "Sources": [source_uri],
         "Description": description,
         "Manual": False,
@@ -268,17 +345,19 @@ def _read_json_quietly(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def write_segmentation(output_dir: Path, outputs: Mapping[str, str], *, mask: nib.Nifti1Image,
-                       probseg: nib.Nifti1Image | None, cord: nib.Nifti1Image | None, source_uri: str,
-                       description: str, provenance: Mapping[str, Any]) -> list[str]:
-    """Write one job's NIfTIs, then their sidecars, the mask sidecar LAST; returns the written paths.
+_CORD_DESCRIPTION = "Spinal cord mask used to crop the image before lesions"
 
-    ``provenance`` is completed with ``Outputs`` (what was written), which :func:`is_up_to_date` checks.
+
+def write_segmentation(output_dir: Path, outputs: Mapping[str, str],
+                       images: Mapping[str, nib.Nifti1Image | None], info: SidecarInfo) -> list[str]:
+    """Write one job's NIfTIs (``images``: ``mask``, ``probseg``, ``cord``, each possibly None; only those
+    ``outputs`` names are written), then their sidecars, the mask sidecar LAST; returns the written paths.
+
+    The provenance is completed with ``Outputs`` (what was written), which :func:`is_up_to_date` checks.
     """
     output_dir = Path(output_dir)
     try:
-        return _write_segmentation(output_dir, outputs, mask=mask, probseg=probseg, cord=cord,
-                                   source_uri=source_uri, description=description, provenance=provenance)
+        return _write_segmentation(output_dir, outputs, images, info)
     except BaseException:
         # Disk full, Ctrl-C: leave no half set of this image's outputs (a mask without its sidecar);
         # the image is then simply "not done" and the next run recomputes it.
@@ -287,28 +366,20 @@ def write_segmentation(output_dir: Path, outputs: Mapping[str, str], *, mask: ni
         raise
 
 
-def _write_segmentation(output_dir: Path, outputs: Mapping[str, str], *, mask: nib.Nifti1Image,
-                        probseg: nib.Nifti1Image | None, cord: nib.Nifti1Image | None, source_uri: str,
-                        description: str, provenance: Mapping[str, Any]) -> list[str]:
-    images = [("mask", mask), ("probseg", probseg), ("cord", cord)]
-    written = [outputs[key] for key, img in images if img is not None]
-    prov = {**provenance, "Outputs": written}
-    for key, img in images:
-        if img is not None:
-            atomic_save_nifti(img, output_dir / outputs[key])
-    # BIDS mask types: Brain, Lesion, Face, ROI (the cord is an ROI)
-    mask_type = "ROI" if "_label-SC_" in outputs["mask"] else "Lesion"
-    if probseg is not None:
-        atomic_write_json(output_dir / outputs["probseg_json"],
-                          {**sidecar(source_uri=source_uri, description=f"{description} (probability)",
-                                     provenance=prov), "Type": mask_type})
-    if cord is not None:
-        cord_sidecar = sidecar(source_uri=source_uri, provenance=prov,
-                               description="Spinal cord mask used to crop the image before lesions")
-        cord_sidecar["Type"] = "ROI"
-        atomic_write_json(output_dir / outputs["cord_json"], cord_sidecar)
-    atomic_write_json(output_dir / outputs["mask_json"],
-                      {**sidecar(source_uri=source_uri, description=description, provenance=prov),
-                       "Type": mask_type})
-    return [*written, *(outputs[k] for k in ("probseg_json", "cord_json") if k in outputs
-                        and (probseg if k == "probseg_json" else cord) is not None), outputs["mask_json"]]
+def _write_segmentation(output_dir: Path, outputs: Mapping[str, str],
+                        images: Mapping[str, nib.Nifti1Image | None], info: SidecarInfo) -> list[str]:
+    present = [(key, img) for key in ("mask", "probseg", "cord")
+               if (img := images.get(key)) is not None and key in outputs]
+    written = [outputs[key] for key, _ in present]
+    prov = {**info.provenance, "Outputs": written}
+    for key, img in present:
+        atomic_save_nifti(img, output_dir / outputs[key])
+    descriptions = {"probseg": (f"{info.description} (probability)", info.mask_type),
+                    "cord": (_CORD_DESCRIPTION, "ROI"), "mask": (info.description, info.mask_type)}
+    sidecars = [key for key, _ in present if key != "mask"] + ["mask"]  # the mask sidecar last
+    for key in sidecars:
+        description, mask_type = descriptions[key]
+        atomic_write_json(output_dir / outputs[f"{key}_json"],
+                          sidecar(source_uri=info.source_uri, description=description, provenance=prov,
+                                  mask_type=mask_type))
+    return [*written, *(outputs[f"{key}_json"] for key in sidecars)]

@@ -23,3 +23,10 @@ class ConfigError(CordlesionError, ValueError):
 
 class OutputError(CordlesionError, OSError):
     """An output cannot be written (disk full, permissions, output inside bids_dir, ...)."""
+
+
+#: The one exit-code table of every command line (run.py, bidsapp.segment, the group level): the BIDS
+#: execution spec draft's codes plus sysexits (64 usage, 65 bad input data, 66 missing input, 73 cannot
+#: create output).
+EXIT: dict[str, int] = {"ok": 0, "failed": 1, "invalid_bids": 16, "unknown_level": 17, "no_match": 18,
+                        "usage": 64, "data": 65, "no_input": 66, "cant_create": 73, "interrupted": 130}

@@ -16,14 +16,14 @@ from typing import Any
 
 import jsonschema
 
+from . import tasks
 from .derivatives import atomic_write_bytes, atomic_write_json
-from .errors import OutputError
+from .errors import EXIT, OutputError
 from .qc.index import Entry, write_index
 from .qc.record import parse_entities, record_validator
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_NO_INPUT, EXIT_CANT_CREATE = 0, 66, 73
 RECORD_GLOB = "sub-*/figures/*_qc.json"
 TABLE_PATH, DICTIONARY_PATH = "group/lesions.tsv", "group/lesions.json"
 
@@ -38,11 +38,7 @@ DATA_DICTIONARY: dict[str, dict[str, Any]] = {
     "run": {"Description": "run- entity of the source image, spelled as in the file name; n/a when absent."},
     "contrast": {"Description": "BIDS suffix of the source image (T2w, T2starw, T2star, UNIT1, ...)."},
     "task": {"Description": "Segmentation task run on the image (cordlesion task name).",
-             "Levels": {"lesion_ms": "SCT lesion_ms model",
-                        "lesion_ms_mp2rage": "SCT lesion_ms_mp2rage model",
-                        "spinalcord": "SCT contrast-agnostic cord model",
-                        "t2": "legacy SCT t2 lesion model", "t2_ax": "legacy SCT t2_ax lesion model",
-                        "t2s": "legacy SCT t2s lesion model"}},
+             "Levels": {t.name: t.summary for t in map(tasks.get, tasks.names(routable=True))}},
     "lesion_count": {"Description": "Number of lesions: 26-connected components of the lesion mask; "
                                     "n/a when the image failed."},
     "total_lesion_volume_mm3": {"Description": "Sum of lesion voxel volumes (voxel count x voxel volume from "
@@ -147,17 +143,17 @@ def run_group(output_dir: str | Path) -> int:
     if not entries:
         log.error("%s: no QC records (%s): run the participant level into this folder first",
                   root, RECORD_GLOB)
-        return EXIT_NO_INPUT
+        return EXIT["no_input"]
     try:
         atomic_write_bytes(root / TABLE_PATH, lesion_table([table_row(e) for e in entries]).encode("utf-8"))
         atomic_write_json(root / DICTIONARY_PATH, DATA_DICTIONARY)
         index = write_index(root, entries, study=_study_name(root))
     except OutputError as exc:
         log.error("%s", exc)
-        return EXIT_CANT_CREATE
+        return EXIT["cant_create"]
     failed = sum(e.record.get("status") != "ok" for e in entries)
     if failed:
         log.warning("%d of %d images failed at the participant level: listed in %s and %s",
                     failed, len(entries), TABLE_PATH, index.relative_to(root).as_posix())
     log.info("group level: %d images -> %s, %s", len(entries), root / TABLE_PATH, index)
-    return EXIT_OK
+    return EXIT["ok"]

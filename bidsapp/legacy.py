@@ -28,6 +28,7 @@ import numpy as np
 from nibabel.affines import voxel_sizes
 from scipy import ndimage
 
+from . import tasks as task_table
 from .engine.onnx import OnnxModel
 from .errors import InputImageError, ModelError
 from .imaging import like
@@ -35,7 +36,7 @@ from .orientation import Reorientation, to_sct_orientation
 
 log = logging.getLogger(__name__)
 
-TASKS = ("t2", "t2_ax", "t2s")
+TASKS = task_table.names(task_table.ONNX)
 CROP_SIZE = 48          # in-plane crop around the centreline, voxels at 0.5 mm
 RESOLUTION_MM = 0.5
 PATCH_THRESHOLD = 0.1   # SCT: onnx probability > 0.1 per patch, then >= 0.1 after resampling back
@@ -288,18 +289,27 @@ def load_model(path: str, device: str = "cpu") -> OnnxModel:
     return OnnxModel(path, device=device)
 
 
+@dataclass(frozen=True)
+class LegacyOutput:
+    """A legacy model's outputs on the input grid (uint8 0/1 ``mask``, the ``cord`` it followed), the
+    ``threshold`` that made the mask and the facts of the run (``details``, for provenance)."""
+
+    mask: nib.Nifti1Image
+    cord: nib.Nifti1Image
+    threshold: float
+    details: dict
+
+
 def segment_legacy(img: nib.Nifti1Image, *, task: str, model: OnnxModel | str | Path,
-                   cord: nib.Nifti1Image, device: str = "cpu"):
-    """Segment lesions with a legacy ``sct_deepseg_lesion`` model -> ``pipelines.SegmentationResult``.
+                   cord: nib.Nifti1Image, device: str = "cpu") -> LegacyOutput:
+    """Segment lesions with a legacy ``sct_deepseg_lesion`` model.
 
     ``cord`` is a binary cord mask on the grid of ``img`` (from the ``spinalcord`` model); it gives the
     centreline SCT would find with OptiC. ``model`` is an :class:`OnnxModel` or the path of the task's
     ``.onnx`` file. The mask is uint8 0/1 on the exact grid of ``img``; there is no soft output (SCT
     thresholds every patch at 0.1).
     """
-    from .pipelines import SegmentationResult  # pipelines dispatches here: import at call time
-
-    contrast_for(task)
+    contrast = contrast_for(task)
     name = img.get_filename() or "image"
     _check_same_grid(img, cord)
     onnx = model if isinstance(model, OnnxModel) else load_model(str(Path(model).resolve()), str(device))
@@ -307,14 +317,12 @@ def segment_legacy(img: nib.Nifti1Image, *, task: str, model: OnnxModel | str | 
         mask, _ = run_legacy(np.asanyarray(img.dataobj), img.affine, np.asanyarray(cord.dataobj), task, onnx)
     except ValueError as exc:
         raise InputImageError(f"{name}: legacy {task}: {exc}") from exc
-    provenance = {
-        "task": task, "engine": "onnxruntime", "provider": onnx.provider, "model_file": onnx.path.name,
-        "centerline": "spinalcord mask (centre of mass per axial slice)", "threshold": PATCH_THRESHOLD,
-        "patch_mean": contrast_for(task).mean, "patch_std": contrast_for(task).std,
-    }
+    details = {"provider": onnx.provider, "model_file": onnx.path.name,
+               "centerline": "spinalcord mask (centre of mass per axial slice)",
+               "patch_mean": contrast.mean, "patch_std": contrast.std}
     if onnx.metadata:  # the demo files say what they are (the official ones carry none)
-        provenance["model_metadata"] = dict(onnx.metadata)
+        details["model_metadata"] = dict(onnx.metadata)
     log.info("legacy %s: %d lesion voxels", task, int(mask.sum()))
-    return SegmentationResult(mask=like(img, mask, np.uint8), probseg=None,
-                              cord=like(img, (np.asanyarray(cord.dataobj) > 0).astype(np.uint8), np.uint8),
-                              provenance=provenance)
+    return LegacyOutput(mask=like(img, mask, np.uint8),
+                        cord=like(img, (np.asanyarray(cord.dataobj) > 0).astype(np.uint8), np.uint8),
+                        threshold=PATCH_THRESHOLD, details=details)

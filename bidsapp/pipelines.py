@@ -1,21 +1,19 @@
 """Tasks as compositions of engines and imaging steps: one call per image, no files written.
 
-``segment(img, task=..., models=...)`` returns a :class:`SegmentationResult` on the exact grid of
-``img``. Tasks:
+``segment(img, task=..., models=..., options=RunOptions(...))`` returns a :class:`SegmentationResult`
+on the exact grid of ``img``, with a typed :class:`Provenance`. What a task runs and how (its models,
+class, ensembling, window step, box around the cord) is read from its row of the task table
+(``bidsapp.tasks``); this module only carries the rows out:
 
-- ``lesion_ms``: the contrast-agnostic lesion model; mask = voxels where the lesion class wins,
-  probseg = p(lesion). With ``crop`` (default ``settings.LESION_MS_CROP_DEFAULT``, on)
-  ``spinalcord`` runs first; the lesion model then runs on the whole image's preprocessing but only
-  in the sliding windows that overlap a box around the cord (``LESION_CROP_MARGIN_MM`` in-plane, the
-  cord's extent plus ``LESION_CROP_SI_MM`` along S-I): inside the box the result IS the whole
-  image's, outside it is zero (bench/RESULTS-crop.md); the cord mask is returned too; no cord
-  found falls back to the whole image with a warning;
-- ``spinalcord``: the contrast-agnostic cord model; mask = cord class wins, probseg = p(cord);
-- ``lesion_ms_mp2rage``: ``spinalcord`` first, crop around the cord (dilated 30 mm in-plane and 5
-  slices along the axis closest to S-I, as SCT's documentation asks), the MP2RAGE model on the
-  crop, results put back on the full grid; the cord mask is returned too;
-- ``t2``, ``t2_ax``, ``t2s``: legacy ONNX models (``legacy.py``), with the cord from ``spinalcord``;
-- ``nnunet``: any nnU-Net v2 folder given as is; mask = any foreground class wins.
+- nnU-Net tasks (``lesion_ms``, ``spinalcord``, ``lesion_ms_mp2rage``, ``nnunet``): mask = voxels where
+  the task's class wins (``nnunet``: any foreground class), probseg = its probability;
+- a task that crops runs ``spinalcord`` first and the task on the box around the cord (its
+  :class:`~bidsapp.tasks.BoxRule`): ``windows="image"`` (``lesion_ms``): the image is preprocessed whole
+  and only the sliding windows that overlap the box run, so inside the box the result IS the whole
+  image's, zero outside (bench/RESULTS-crop.md); ``windows="crop"`` (``lesion_ms_mp2rage``, trained on
+  crops): the box is cut out and segmented alone, as SCT documents; the cord mask is returned too; no
+  cord found: the whole image is segmented, with a warning;
+- ONNX tasks (``t2``, ``t2_ax``, ``t2s``): the legacy models (``legacy.py``) on the cord's centreline.
 
 ``models`` maps model names (``lesion_ms``, ``spinalcord``, ...) to a ``models.LocatedModel`` or a
 folder; names it lacks are found with ``bidsapp.models.locate(name, models_dir=, demo=)``.
@@ -25,8 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -36,87 +33,118 @@ import nibabel as nib
 import numpy as np
 from nibabel.affines import voxel_sizes
 
+from . import tasks
 from .engine import NnUNetModel, NnUNetPredictor, resolve_device
 from .errors import ConfigError
 from .imaging import like
-from .settings import LESION_MS_CROP_DEFAULT
+from .tasks import BoxRule, Task
 
 log = logging.getLogger(__name__)
 
-NNUNET_TASKS = ("lesion_ms", "spinalcord", "lesion_ms_mp2rage", "nnunet")
-LEGACY_TASKS = ("t2", "t2_ax", "t2s")
-TASKS = NNUNET_TASKS + LEGACY_TASKS
-#: models each task runs, in order (the runner locates them up front with the same table)
-TASK_MODELS: dict[str, tuple[str, ...]] = {
-    "lesion_ms": ("lesion_ms",), "spinalcord": ("spinalcord",), "nnunet": ("nnunet",),
-    "lesion_ms_mp2rage": ("spinalcord", "lesion_ms_mp2rage"),
-    "t2": ("spinalcord", "t2"), "t2_ax": ("spinalcord", "t2_ax"), "t2s": ("spinalcord", "t2s"),
-}
-CROP_MARGIN_MM = 30.0      # in-plane dilation of the cord box before the MP2RAGE model
-CROP_MARGIN_SLICES = 5     # along the cord (the array axis closest to S-I)
-# lesion_ms box around the cord: the result inside it is the whole image's whatever the margins, so
-# they only say how far from the cord lesions are looked for (lesions are in the cord; the margin
-# absorbs an under-segmented cord) and how many windows run
-LESION_CROP_MARGIN_MM = 10.0   # in-plane, around the cord's bounding box
-LESION_CROP_SI_MM = 15.0       # along S-I, beyond the cord's extent
-CORD_LOCATE_TILE_STEP = 1.0    # window step of the cord pass that places the lesion_ms box
-_CLASS_HINTS = {"lesion_ms": ("lesion",), "lesion_ms_mp2rage": ("lesion",), "spinalcord": ("cord", "sc")}
+_ARGMAX = "argmax (class with the highest probability wins)"
 
 
-@dataclass
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a task on an image (resolved by the caller: the command lines, the runner)."""
+
+    device: str = "auto"
+    """``auto``, ``cpu`` or ``cuda``."""
+    tta: bool = False
+    """Mirroring test-time augmentation."""
+    folds: tuple[int | str, ...] | None = None
+    """Folds to ensemble (None: every fold of the model folder)."""
+    crop: bool = tasks.CROP_DEFAULT
+    """For tasks whose crop is optional (``lesion_ms``): run on the box around the cord. Tasks that
+    always crop (``lesion_ms_mp2rage``) ignore it."""
+    ensemble: str | None = None
+    """Fold ensembling (``logits``, ``probabilities``); None: the task's rule."""
+    models_dir: Path | None = None
+    """Where models are installed, for the names ``models`` lacks."""
+    demo: bool = False
+    """Use the embedded demo models for the names ``models`` lacks."""
+
+
+@dataclass(frozen=True)
+class CropResult:
+    """Where the box around the cord was: ``box_voxels`` ``[[start, stop]] * 3`` (None: no cord found, the
+    whole image was segmented) and whether the mask reaches a face of the box inside the image."""
+
+    box_voxels: list[list[int]] | None
+    mask_touches_box: bool = False
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model as used: its folder or file and what identifies it (release, demo, weight checksums)."""
+
+    path: str
+    release: str | None = None
+    demo: bool = False
+    sha256: Mapping[str, str] = field(default_factory=dict)
+
+    def identity(self) -> dict[str, Any]:
+        """What identifies the model in up-to-date checks (never the path: data move)."""
+        return {"release": self.release, "demo": bool(self.demo), "sha256": dict(self.sha256)}
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What produced a result: the facts only the pipeline knows."""
+
+    task: str
+    engine: str
+    device: str
+    models: Mapping[str, ModelRef]
+    """Model name -> the model run, in the order they ran."""
+    folds: Mapping[str, list[int | str]]
+    """Model name -> the folds actually ensembled (nnU-Net models)."""
+    tta: bool
+    ensemble: str | None
+    """Fold ensembling used (None: the task has no folds)."""
+    threshold: str | float
+    """How the mask was made from the probabilities."""
+    crop: CropResult | None = None
+    """The box around the cord (None: the task did not crop)."""
+    details: Mapping[str, Any] = field(default_factory=dict)
+    """Engine-specific facts (legacy: ONNX provider, model file, centreline, patch z-score)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The sidecar's ``Pipeline`` block: only what the run's ``State`` does not already hold (the
+        task, TTA, rules and model identities are there): engine, device, folds used, threshold, model
+        paths, the box, engine details."""
+        out: dict[str, Any] = {"engine": self.engine, "device": self.device, "folds": dict(self.folds),
+                               "threshold": self.threshold,
+                               "model_paths": {name: ref.path for name, ref in self.models.items()}}
+        if self.crop is not None:
+            out["crop"] = {"box_voxels": self.crop.box_voxels, "mask_touches_box": self.crop.mask_touches_box}
+        return {**out, **self.details}
+
+
+@dataclass(frozen=True)
 class SegmentationResult:
     """Outputs on the input grid: ``mask`` uint8 0/1, ``probseg`` float32 in [0, 1] or None, ``cord``
     uint8 0/1 or None (the cord mask a task used), ``provenance`` (what produced them)."""
 
     mask: nib.Nifti1Image
     probseg: nib.Nifti1Image | None
-    cord: nib.Nifti1Image | None = None
-    provenance: dict[str, Any] = field(default_factory=dict)
+    cord: nib.Nifti1Image | None
+    provenance: Provenance
 
 
 # ---- models -----------------------------------------------------------------------------------------
-def _resolve(name: str, models: Mapping[str, Any] | None, models_dir: str | Path | None, demo: bool) -> Any:
-    """A LocatedModel-like object (``path``, ``release``, ``demo``, ``sha256``) or a plain folder."""
+def _resolve(name: str, models: Mapping[str, Any] | None, options: RunOptions) -> ModelRef:
+    """The model ``name`` as given in ``models`` (a LocatedModel or a plain folder), else located."""
     if models and name in models:
-        return models[name]
-    from . import models as registry  # the registry is only needed when something is not given
+        located = models[name]
+    else:
+        from . import models as registry  # the registry is only needed when something is not given
 
-    return registry.locate(name, models_dir=models_dir, demo=demo)
-
-
-def lesion_ms_crops(crop: bool | None) -> bool:
-    """Whether ``lesion_ms`` runs on the box around the cord (``None``: ``LESION_MS_CROP_DEFAULT``)."""
-    return LESION_MS_CROP_DEFAULT if crop is None else bool(crop)
-
-
-def _lesion_box_rule() -> dict[str, Any]:
-    """How the ``lesion_ms`` box is made and run (read at call time: tests and benches change the margins)."""
-    return {"margin_mm": LESION_CROP_MARGIN_MM, "margin_si_mm": LESION_CROP_SI_MM, "windows": "image",
-            "cord_tile_step": CORD_LOCATE_TILE_STEP}
-
-
-def crop_parameters(crop: bool | None) -> dict[str, Any] | None:
-    """What the cord box changes in a ``lesion_ms`` result (for up-to-date checks), None when off."""
-    return _lesion_box_rule() if lesion_ms_crops(crop) else None
-
-
-def task_models(task: str, *, crop: bool | None = None) -> tuple[str, ...]:
-    """The models a task runs, in order: ``lesion_ms`` needs ``spinalcord`` only when it crops
-    (``crop=None``: ``LESION_MS_CROP_DEFAULT``)."""
-    if task == "lesion_ms" and lesion_ms_crops(crop):
-        return ("spinalcord", "lesion_ms")
-    return TASK_MODELS.get(task, (task,))
-
-
-def _identity(located: Any) -> dict[str, Any]:
+        located = registry.locate(name, models_dir=options.models_dir, demo=options.demo)
     if isinstance(located, (str, Path)):
-        return {"path": str(located), "release": None, "demo": False, "sha256": {}}
-    return {"path": str(located.path), "release": located.release, "demo": bool(located.demo),
-            "sha256": dict(located.sha256)}
-
-
-def _path(located: Any) -> Path:
-    return Path(located) if isinstance(located, (str, Path)) else Path(located.path)
+        return ModelRef(path=str(located))
+    return ModelRef(path=str(located.path), release=located.release, demo=bool(located.demo),
+                    sha256=dict(located.sha256))
 
 
 @lru_cache(maxsize=8)
@@ -134,37 +162,55 @@ def get_predictor(folder: str | Path, *, folds: Sequence[int | str] | None = Non
                              ensemble)
 
 
-def class_index(labels: Mapping[str, int], task: str) -> int:
-    """The label value of the task's foreground class: the label whose name matches the task (e.g.
-    "lesion"), else the only foreground label."""
-    hints = _CLASS_HINTS.get(task, ())
+def class_index(labels: Mapping[str, int], task: str | Task) -> int:
+    """The label value of the task's foreground class: the label whose name matches one of the task's
+    ``class_hints`` (e.g. "lesion"), else the only foreground label."""
+    spec = tasks.get(task)
     for name, value in labels.items():
-        if value != 0 and any(h == name.lower() or h in name.lower().split("_") or name.lower().startswith(h)
-                              for h in hints):
+        low = name.lower()
+        if value != 0 and any(h == low or h in low.split("_") or low.startswith(h) for h in spec.class_hints):
             return int(value)
     foreground = [int(v) for v in labels.values() if v != 0]
     if len(foreground) == 1:
         return foreground[0]
-    raise ConfigError(f"cannot tell which of the labels {dict(labels)} is the {task} class")
+    raise ConfigError(f"cannot tell which of the labels {dict(labels)} is the {spec.name} class")
 
 
-# ---- nnU-Net tasks ----------------------------------------------------------------------------------
-def _run_nnunet(img: nib.Nifti1Image, task: str, located: Any, settings: dict,
-                roi: tuple[slice, ...] | None = None,
-                tile_step: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(mask bool, probability float32) of the task's class on the grid of ``img``; with ``roi`` only
-    the windows overlapping that box run (exact inside it, background outside); ``tile_step``: the
-    window step (default nnU-Net's 0.5)."""
-    predictor = get_predictor(_path(located), folds=settings["folds"], device=settings["device"],
-                              tta=settings["tta"], ensemble=settings["ensemble"])
-    probs = predictor.predict(img, roi=roi, tile_step=tile_step)
-    settings.setdefault("folds_used", {})[task] = list(predictor.model.folds)
-    if task == "nnunet":  # any foreground class wins
-        return probs.argmax(0) != 0, 1.0 - probs[0]
-    idx = class_index(predictor.model.labels, task)
-    return probs.argmax(0) == idx, probs[idx]
+# ---- one model pass ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Run:
+    """The run-wide part of every model pass."""
+
+    device: str
+    folds: tuple[int | str, ...] | None
+    tta: bool
+    ensemble: str
 
 
+@dataclass(frozen=True)
+class _Pass:
+    mask: np.ndarray   # bool, the grid of the image passed
+    prob: np.ndarray   # float32 probability of the task's class
+    folds: list[int | str]
+
+
+def _run_model(img: nib.Nifti1Image, spec: Task, model: ModelRef, run: _Run, *,
+               roi: tuple[slice, ...] | None = None, tile_step: float | None = None) -> _Pass:
+    """One nnU-Net pass of ``spec``'s model: its class on the grid of ``img``; with ``roi`` only the
+    windows overlapping that box run (exact inside it, background outside); ``tile_step``: the window
+    step (default: the task's)."""
+    predictor = get_predictor(model.path, folds=run.folds, device=run.device, tta=run.tta,
+                              ensemble=run.ensemble)
+    step = spec.tile_step if tile_step is None else tile_step
+    probs = predictor.predict(img, roi=roi, tile_step=step)
+    folds = list(predictor.model.folds)
+    if not spec.class_hints:  # a user's model: any foreground class wins
+        return _Pass(probs.argmax(0) != 0, 1.0 - probs[0], folds)
+    idx = class_index(predictor.model.labels, spec)
+    return _Pass(probs.argmax(0) == idx, probs[idx], folds)
+
+
+# ---- the box around the cord ------------------------------------------------------------------------
 def _si_axis(affine: np.ndarray) -> int:
     """The array axis whose direction is closest to S-I."""
     rot = np.asarray(affine)[:3, :3]
@@ -172,8 +218,8 @@ def _si_axis(affine: np.ndarray) -> int:
     return int(np.argmax(cos))
 
 
-def cord_crop_box(cord: np.ndarray, affine: np.ndarray, *, margin_mm: float = CROP_MARGIN_MM,
-                  margin_slices: int = CROP_MARGIN_SLICES) -> tuple[slice, ...] | None:
+def cord_crop_box(cord: np.ndarray, affine: np.ndarray, *, margin_mm: float = 30.0,
+                  margin_slices: int = 5) -> tuple[slice, ...] | None:
     """The cord's bounding box dilated by ``margin_mm`` in-plane and ``margin_slices`` along the
     axis closest to S-I, clipped to the image; None when there is no cord."""
     hit = np.argwhere(cord)
@@ -190,15 +236,19 @@ def cord_crop_box(cord: np.ndarray, affine: np.ndarray, *, margin_mm: float = CR
     return tuple(box)
 
 
+def box_around_cord(cord: np.ndarray, affine: np.ndarray, rule: BoxRule) -> tuple[slice, ...] | None:
+    """:func:`cord_crop_box` with a task's :class:`~bidsapp.tasks.BoxRule` (margin along S-I in slices, or
+    in mm rounded up to slices)."""
+    slices = rule.margin_slices
+    if slices is None:
+        zoom = float(voxel_sizes(affine)[_si_axis(affine)])
+        slices = int(math.ceil((rule.margin_si_mm or 0.0) / zoom))
+    return cord_crop_box(cord, affine, margin_mm=rule.margin_mm, margin_slices=slices)
+
+
 def crop_image(img: nib.Nifti1Image, box: tuple[slice, ...]) -> nib.Nifti1Image:
     """The sub-image ``img[box]`` with its affine shifted so every voxel keeps its position."""
     return img.slicer[box]
-
-
-def _lesion_crop_box(cord: np.ndarray, affine: np.ndarray) -> tuple[slice, ...] | None:
-    si = _si_axis(affine)
-    slices = int(math.ceil(LESION_CROP_SI_MM / float(voxel_sizes(affine)[si])))
-    return cord_crop_box(cord, affine, margin_mm=LESION_CROP_MARGIN_MM, margin_slices=slices)
 
 
 def touches_box(mask: np.ndarray, box: tuple[slice, ...], shape: Sequence[int]) -> bool:
@@ -212,108 +262,85 @@ def touches_box(mask: np.ndarray, box: tuple[slice, ...], shape: Sequence[int]) 
     return False
 
 
-def _segment_around_cord(img: nib.Nifti1Image, task: str, models: Any, settings: dict,
-                         box_of: Callable[[np.ndarray, np.ndarray], tuple[slice, ...] | None],
-                         *, whole_image_context: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``spinalcord``, then ``task`` on the box ``box_of(cord, affine)``, on the full grid (zeros outside
-    the box).
+@dataclass(frozen=True)
+class _Around:
+    task: _Pass
+    cord: _Pass
+    crop: CropResult
 
-    ``whole_image_context`` (``lesion_ms``): the image is preprocessed whole and only the sliding windows
-    that overlap the box run, so inside the box the result IS the whole image's. Otherwise
-    (``lesion_ms_mp2rage``, trained on crops) the box is cut out and segmented as an image of its own,
-    as SCT documents. No cord found: the whole image is segmented, with a warning. The box (or None) and
-    whether the mask touches it go into ``settings`` for the provenance.
-    """
-    # for lesion_ms the cord only places the box: windows at step 1 (no overlap to blend) find it
-    # for a third of the work; the mp2rage model's input IS the crop, so it gets SCT's cord mask
-    step = CORD_LOCATE_TILE_STEP if whole_image_context else None
-    cord, _ = _run_nnunet(img, "spinalcord", models["spinalcord"], settings, tile_step=step)
-    box = box_of(cord, img.affine)
+
+def _segment_around_cord(img: nib.Nifti1Image, spec: Task, located: Mapping[str, ModelRef],
+                         run: _Run) -> _Around:
+    """``spinalcord``, then ``spec`` on the box around the cord, on the full grid (zeros outside the box)."""
+    rule = spec.crop.box
+    assert rule is not None, f"{spec.name}: a task that crops needs a box rule"
+    cord_spec = tasks.get(tasks.CORD_MODEL)
+    # lesion_ms: the cord only places the box, windows at step 1 (no overlap to blend) find it for a
+    # third of the work; the mp2rage model's input IS the crop, so it gets the cord task's own mask
+    cord = _run_model(img, cord_spec, located[tasks.CORD_MODEL], run, tile_step=rule.cord_tile_step)
+    box = box_around_cord(cord.mask, img.affine, rule)
+    model = located[spec.main_model]
     if box is None:
-        log.warning("%s: no spinal cord found; segmenting the whole image instead of a crop", task)
-        mask, prob = _run_nnunet(img, task, models[task], settings)
-        settings["crop"] = None
-        return mask, prob, cord
-    if whole_image_context:
-        mask, prob = _run_nnunet(img, task, models[task], settings, roi=box)
-        sub_mask = mask[box]
+        log.warning("%s: no spinal cord found; segmenting the whole image instead of a crop", spec.name)
+        return _Around(_run_model(img, spec, model, run), cord, CropResult(None))
+    if rule.windows == "image":
+        whole = _run_model(img, spec, model, run, roi=box)
+        sub_mask = whole.mask[box]
     else:
-        sub_mask, sub_prob = _run_nnunet(crop_image(img, box), task, models[task], settings)
-        mask = np.zeros(img.shape[:3], bool)
-        prob = np.zeros(img.shape[:3], np.float32)
-        mask[box], prob[box] = sub_mask, sub_prob
+        sub = _run_model(crop_image(img, box), spec, model, run)
+        mask, prob = np.zeros(img.shape[:3], bool), np.zeros(img.shape[:3], np.float32)
+        mask[box], prob[box] = sub.mask, sub.prob
+        whole, sub_mask = _Pass(mask, prob, sub.folds), sub.mask
     touches = touches_box(sub_mask, box, img.shape[:3])
     if touches:
         log.warning("%s: the lesion mask touches the box %s around the cord; lesions may continue outside "
-                    "it", task, [[s.start, s.stop] for s in box])
-    settings["crop"] = [[s.start, s.stop] for s in box]
-    settings["crop_touches"] = touches
-    return mask, prob, cord
+                    "it", spec.name, [[s.start, s.stop] for s in box])
+    return _Around(whole, cord, CropResult([[s.start, s.stop] for s in box], touches))
 
 
 # ---- entry point ------------------------------------------------------------------------------------
-def segment(img: nib.Nifti1Image, *, task: str, models: Mapping[str, Any] | None = None,
-            device: str = "auto", tta: bool = False, folds: Sequence[int | str] | None = None,
-            crop: bool | None = None, ensemble: str = "logits", models_dir: str | Path | None = None,
-            demo: bool = False) -> SegmentationResult:
+def segment(img: nib.Nifti1Image, *, task: str | Task, models: Mapping[str, Any] | None = None,
+            options: RunOptions = RunOptions()) -> SegmentationResult:
     """Segment one image with one task; every output is on the exact grid of ``img``.
 
-    ``crop``: ``lesion_ms`` runs on the box around the cord with ``crop=True`` (None:
-    ``LESION_MS_CROP_DEFAULT``, on); ``lesion_ms_mp2rage`` always crops (``False`` is refused: the
-    model was trained on crops);
-    other tasks ignore it.
+    ``task``: a task name or alias, or a :class:`~bidsapp.tasks.Task` (benches pass rows with other
+    margins); ``models``: model name -> LocatedModel or folder (the others are located); ``options``:
+    device, TTA, folds, crop, ensembling, where models are.
     """
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
-    if crop is False and task == "lesion_ms_mp2rage":
-        raise ConfigError("lesion_ms_mp2rage needs the crop around the cord (trained on cropped images)")
-    start = time.perf_counter()
-    cropping = task == "lesion_ms" and lesion_ms_crops(crop)
-    located = {name: _resolve(name, models, models_dir, demo) for name in task_models(task, crop=cropping)}
-    if task in LEGACY_TASKS:
-        return _segment_legacy(img, task, located, device, start)
-    settings = {"folds": folds, "device": str(resolve_device(device)), "tta": tta, "ensemble": ensemble}
-    cord = None
-    if task == "lesion_ms_mp2rage":
-        mask, prob, cord = _segment_around_cord(img, task, located, settings, cord_crop_box,
-                                                 whole_image_context=False)
-    elif cropping:
-        mask, prob, cord = _segment_around_cord(img, task, located, settings, _lesion_crop_box,
-                                                 whole_image_context=True)
+    spec = tasks.get(task)
+    located = {name: _resolve(name, models, options) for name in spec.models_run(options.crop)}
+    run = _Run(str(resolve_device(options.device)), options.folds, bool(options.tta),
+               options.ensemble or spec.ensemble)
+    if spec.engine == tasks.ONNX:
+        return _segment_legacy(img, spec, located, run)
+    cord, crop = None, None
+    if spec.crop.applies(options.crop):
+        around = _segment_around_cord(img, spec, located, run)
+        out, cord, crop = around.task, around.cord.mask, around.crop
+        folds = {tasks.CORD_MODEL: around.cord.folds, spec.main_model: out.folds}
     else:
-        mask, prob = _run_nnunet(img, task, located[task], settings)
-    provenance = {
-        "task": task, "engine": "bidsapp.engine.nnunet (torch)",
-        "models": {name: _identity(m) for name, m in located.items()},
-        "folds": settings.get("folds_used", {}), "tta": bool(tta), "ensemble": ensemble,
-        "threshold": "argmax (class with the highest probability wins)",
-        "device": settings["device"], "runtime_s": round(time.perf_counter() - start, 3),
-    }
-    if task == "lesion_ms_mp2rage":
-        provenance["crop"] = {"box_voxels": settings.get("crop"), "margin_mm": CROP_MARGIN_MM,
-                              "margin_slices": CROP_MARGIN_SLICES,
-                              "mask_touches_box": settings.get("crop_touches", False)}
-    elif task == "lesion_ms":  # box None: no crop asked, or no cord found (whole image segmented)
-        provenance["crop"] = {"enabled": cropping, "box_voxels": settings.get("crop"), **_lesion_box_rule(),
-                              "mask_touches_box": settings.get("crop_touches", False)}
+        out = _run_model(img, spec, located[spec.main_model], run)
+        folds = {spec.main_model: out.folds}
+    provenance = Provenance(task=spec.name, engine="bidsapp.engine.nnunet (torch)", device=run.device,
+                            models=located, folds=folds, tta=run.tta, ensemble=run.ensemble,
+                            threshold=_ARGMAX, crop=crop)
     return SegmentationResult(
-        mask=like(img, mask.astype(np.uint8), np.uint8),
-        probseg=like(img, np.clip(prob, 0.0, 1.0).astype(np.float32), np.float32),
+        mask=like(img, out.mask.astype(np.uint8), np.uint8),
+        probseg=like(img, np.clip(out.prob, 0.0, 1.0).astype(np.float32), np.float32),
         cord=like(img, cord.astype(np.uint8), np.uint8) if cord is not None else None,
         provenance=provenance)
 
 
-def _segment_legacy(img: nib.Nifti1Image, task: str, located: Mapping[str, Any], device: str,
-                    start: float) -> SegmentationResult:
-    """Dispatch point for the legacy ONNX models (``legacy.py``): cord from ``spinalcord`` first."""
+def _segment_legacy(img: nib.Nifti1Image, spec: Task, located: Mapping[str, ModelRef],
+                    run: _Run) -> SegmentationResult:
+    """The legacy ONNX models (``legacy.py``): the cord from ``spinalcord`` first, for the centreline."""
     from .legacy import segment_legacy
 
-    settings = {"folds": None, "device": str(resolve_device(device)), "tta": False, "ensemble": "logits"}
-    cord, _ = _run_nnunet(img, "spinalcord", located["spinalcord"], settings)
-    cord_img = like(img, cord.astype(np.uint8), np.uint8)
-    result = segment_legacy(img, task=task, model=_path(located[task]), cord=cord_img,
-                            device=settings["device"])
-    result.provenance = {**result.provenance,
-                         "models": {name: _identity(m) for name, m in located.items()},
-                         "device": settings["device"], "runtime_s": round(time.perf_counter() - start, 3)}
-    return result
+    cord_run = _Run(run.device, None, False, tasks.get(tasks.CORD_MODEL).ensemble)
+    cord = _run_model(img, tasks.get(tasks.CORD_MODEL), located[tasks.CORD_MODEL], cord_run)
+    out = segment_legacy(img, task=spec.name, model=located[spec.main_model].path,
+                         cord=like(img, cord.mask.astype(np.uint8), np.uint8), device=run.device)
+    provenance = Provenance(task=spec.name, engine="onnxruntime", device=run.device, models=located,
+                            folds={tasks.CORD_MODEL: cord.folds}, tta=False, ensemble=None,
+                            threshold=out.threshold, details=out.details)
+    return SegmentationResult(mask=out.mask, probseg=None, cord=out.cord, provenance=provenance)

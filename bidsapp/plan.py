@@ -18,19 +18,15 @@ from typing import Any
 
 import jsonschema
 
-from .derivatives import log_name, output_names
+from . import tasks
+from .derivatives import ImageNames, image_names, parse_name
 from .errors import ConfigError
-from .models import canonical_task
 
 log = logging.getLogger(__name__)
 
-# Built-in routing: every contrast the SCT lesion models were trained on.
-DEFAULT_RULES: tuple[dict[str, Any], ...] = (
-    {"match": {"suffix": "T2w"}, "tasks": ["lesion_ms"]},
-    {"match": {"suffix": "T2starw"}, "tasks": ["lesion_ms"]},
-    {"match": {"suffix": "T2star"}, "tasks": ["lesion_ms"]},  # deprecated suffix, still in datasets
-    {"match": {"suffix": "UNIT1"}, "tasks": ["lesion_ms_mp2rage"]},
-)
+# Built-in routing, from the task table's ``routes_from``: T2w, T2starw, T2star (deprecated, still in
+# datasets) -> lesion_ms; UNIT1 -> lesion_ms_mp2rage.
+DEFAULT_RULES: tuple[dict[str, Any], ...] = tasks.default_rules()
 # Short BIDS keys accepted in configs and filters, mapped to pybids entity names.
 SHORT_KEYS = {"sub": "subject", "ses": "session", "acq": "acquisition", "ce": "ceagent",
               "rec": "reconstruction", "dir": "direction", "trc": "tracer"}
@@ -60,12 +56,19 @@ class SourceImage:
 
 @dataclass(frozen=True)
 class Job:
-    """One task on one image, with its output paths relative to output_dir."""
+    """One task on one image: every per-image name (``names``) and the derivative outputs this job
+    writes (``outputs``: ``names.outputs()``, less a cord mask another job of the image writes), paths
+    relative to output_dir."""
 
     source: SourceImage
     task: str
+    names: ImageNames
     outputs: Mapping[str, str]
-    log: str
+
+    @property
+    def log(self) -> str:
+        """Per-image log file."""
+        return self.names.log
 
     @property
     def name(self) -> str:
@@ -119,8 +122,8 @@ def default_rules() -> list[dict[str, Any]]:
 
 def _normalise_rule(rule: Mapping[str, Any]) -> dict[str, Any]:
     match = {SHORT_KEYS.get(k, k): v for k, v in rule["match"].items()}
-    tasks = [canonical_task(t) for t in rule["tasks"]]  # SCT 6.x aliases, from the model registry
-    return {"match": match, "tasks": list(dict.fromkeys(tasks))}
+    names = [tasks.canonical(t) for t in rule["tasks"]]  # SCT aliases, from the task table
+    return {"match": match, "tasks": list(dict.fromkeys(names))}
 
 
 def load_filters(obj: Any, origin: str = "--bids-filter-file") -> dict[str, Any]:
@@ -199,14 +202,12 @@ def index(bids_dir: str | Path, *, participants: Sequence[str] | None = None,
 def parse_entities(filename: str) -> dict[str, Any]:
     """BIDS entities of a file name with pybids' names: ``sub-01_acq-sag_run-2_T2w.nii.gz`` ->
     ``{"subject": "01", "acquisition": "sag", "run": 2, "suffix": "T2w", "extension": ".nii.gz"}``."""
-    stem, dot, ext = filename.partition(".")
-    *pairs, suffix = stem.split("_")
+    parsed = parse_name(filename)
     entities: dict[str, Any] = {}
-    for pair in pairs:
-        key, _, value = pair.partition("-")
+    for key, value in parsed.pairs:
         name = _PYBIDS_NAMES.get(key, key)
         entities[name] = int(value) if name == "run" and value.isdigit() else value
-    entities.update(suffix=suffix, extension=dot + ext)
+    entities.update(suffix=parsed.suffix, extension=parsed.extension)
     return entities
 
 
@@ -250,22 +251,32 @@ def rule_suffixes(rules: Sequence[Mapping[str, Any]]) -> list[str]:
 def route(images: Sequence[SourceImage], rules: Sequence[Mapping[str, Any]]) -> list[Job]:
     """Jobs for ``images`` under ``rules`` (first matching rule wins; pure function).
 
-    Raises ConfigError when two tasks of one image would write the same output names.
+    Names come from ``derivatives.image_names`` and never collide between two tasks of one image, but
+    for one case: a task's cord mask that the image's ``spinalcord`` job writes as its own mask is left
+    to that job. Any other clash (a bug) is a ConfigError.
     """
     jobs: list[Job] = []
     for image in images:
         rule = next((r for r in rules if _matches(image, r["match"])), None)
-        if rule is None:
-            continue
-        seen: dict[str, str] = {}
-        for task in rule["tasks"]:
-            outputs = output_names(image.relpath, image.suffix, task)
-            if outputs["mask"] in seen:
-                raise ConfigError(f"--config: tasks {seen[outputs['mask']]} and {task} on {image.relpath} "
-                                  f"would write the same output {outputs['mask']}")
-            seen[outputs["mask"]] = task
-            jobs.append(Job(source=image, task=task, outputs=outputs,
-                            log=log_name(image.relpath, image.suffix, task)))
+        if rule is not None:
+            jobs += _image_jobs(image, rule["tasks"])
+    return jobs
+
+
+def _image_jobs(image: SourceImage, task_names: Sequence[str]) -> list[Job]:
+    names = {task: image_names(image.relpath, task) for task in task_names}
+    masks = {n.mask for n in names.values()}
+    jobs, seen = [], {}
+    for task, name in names.items():
+        outputs = name.outputs()
+        if name.cord in masks:  # another job of this image writes this cord mask as its mask
+            outputs = {k: v for k, v in outputs.items() if k not in ("cord", "cord_json")}
+        for path in [*outputs.values(), *(p for p in name.paths() if p not in name.outputs().values())]:
+            if path in seen:
+                raise ConfigError(f"--config: tasks {seen[path]} and {task} on {image.relpath} would write "
+                                  f"the same file {path}")
+            seen[path] = task
+        jobs.append(Job(source=image, task=task, names=name, outputs=outputs))
     return jobs
 
 

@@ -20,15 +20,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__, derivatives, pipelines
+from . import __version__, derivatives, pipelines, tasks
 from .errors import CordlesionError, InputImageError
 from .plan import Job
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-
-# Models each task loads, from the pipelines' own table (the cord model crops before the MP2RAGE model).
-TASK_MODELS = pipelines.TASK_MODELS
 
 
 @dataclass(frozen=True)
@@ -74,11 +71,11 @@ class RunSummary:
 
 
 # --------------------------------------------------------------------------------------- preparation
-def locate_models(tasks: Sequence[str], settings: Settings) -> dict[str, Any]:
+def locate_models(task_names: Sequence[str], settings: Settings) -> dict[str, Any]:
     """``task -> LocatedModel`` for every model the tasks need (raises NoModelsError / ModelError)."""
     from . import models
 
-    needed = dict.fromkeys(m for task in tasks for m in pipelines.task_models(task, crop=settings.crop))
+    needed = dict.fromkeys(m for task in task_names for m in tasks.get(task).models_run(settings.crop))
     return {name: models.locate(name, models_dir=settings.models_dir, demo=settings.demo) for name in needed}
 
 
@@ -91,7 +88,7 @@ def job_state(job: Job, settings: Settings, models: Mapping[str, Any]) -> dict[s
     """What a job's outputs depend on: input checksum, task, models, parameters (recorded in the sidecar)."""
     return {"InputSha256": derivatives.sha256_file(job.source.path), "Task": job.task,
             "Models": {name: model_identity(m) for name, m in models.items()},
-            "Parameters": settings.parameters()}
+            "Parameters": settings.parameters(job.task)}
 
 
 def prepare(jobs: Sequence[Job], settings: Settings, located: Mapping[str, Any]) -> list[WorkItem]:
@@ -102,7 +99,7 @@ def prepare(jobs: Sequence[Job], settings: Settings, located: Mapping[str, Any])
     """
     items = []
     for job in jobs:
-        models = {name: located[name] for name in pipelines.task_models(job.task, crop=settings.crop)}
+        models = {name: located[name] for name in tasks.get(job.task).models_run(settings.crop)}
         state = None
         if not settings.overwrite and (settings.output_dir / job.outputs["mask_json"]).is_file():
             try:
@@ -172,13 +169,19 @@ def run_one(item: WorkItem, settings: Settings) -> JobResult:
                                           (job.name, message, traceback.format_exc()), None))
         else:  # a bug: show the traceback everywhere
             log.error("%s failed: %s\n%s", job.name, message, traceback.format_exc())
-        _write_qc(item, None, None, settings, start, error=message)
+        _write_qc(item, settings, start, error=message)
     finally:
         root.removeHandler(capture)
         root.setLevel(previous_level)
-        _write_log(settings.output_dir, job.log, capture.buffer.getvalue(), settings)
+        _write_log(settings, job, capture.buffer.getvalue())
     return JobResult(job.name, job.source.relpath, job.task, status, time.perf_counter() - start,
                      message, job.log)
+
+
+def run_options(settings: Settings) -> pipelines.RunOptions:
+    """The pipeline options of every job of the run (the tasks' own rules apply beside them)."""
+    return pipelines.RunOptions(device=settings.device, tta=settings.tta, folds=settings.folds,
+                                crop=settings.crop, models_dir=settings.models_dir, demo=settings.demo)
 
 
 def _process(item: WorkItem, settings: Settings, start: float) -> None:
@@ -186,89 +189,74 @@ def _process(item: WorkItem, settings: Settings, start: float) -> None:
     from .metrics import lesion_stats
 
     job = item.job
+    spec = tasks.get(job.task)
     check_source(job.source.path, job.source.relpath)
     img = load_image(job.source.path)
     state = item.state if item.state is not None else job_state(job, settings, item.models)
-    result = pipelines.segment(img, task=job.task, models=item.models, device=settings.device,
-                               tta=settings.tta, folds=settings.folds, crop=settings.crop)
-    stats = lesion_stats(result.mask)
-    provenance = _provenance(item, settings, result, stats, state, time.perf_counter() - start)
-    derivatives.write_segmentation(
-        settings.output_dir, job.outputs, mask=result.mask, probseg=result.probseg,
-        cord=result.cord if "cord" in job.outputs else None,
-        source_uri=f"bids:raw:{job.source.relpath}", description=_DESCRIPTIONS.get(job.task, job.task),
-        provenance=provenance)
-    _write_qc(item, img, result, settings, start)
+    result = pipelines.segment(img, task=spec, models=item.models, options=run_options(settings))
+    stats = lesion_stats(result.mask)  # once per image: the sidecar, the QC record and the log share it
+    provenance = _provenance(result, stats, state, time.perf_counter() - start)
+    images = {"mask": result.mask, "probseg": result.probseg, "cord": result.cord}
+    derivatives.write_segmentation(settings.output_dir, job.outputs, images, derivatives.SidecarInfo(
+        source_uri=f"bids:raw:{job.source.relpath}", description=spec.description, mask_type=spec.mask_type,
+        provenance=provenance))
+    _write_qc(item, settings, start, result=(img, result, stats))
     log.info("%s: %d lesion(s), %.1f mm3", job.name, stats.count, stats.total_mm3)
 
 
-_DESCRIPTIONS = {
-    "lesion_ms": "MS spinal cord lesions segmented by the SCT lesion_ms model (nnU-Net v2)",
-    "lesion_ms_mp2rage": "MS spinal cord lesions on MP2RAGE UNIT1 (SCT lesion_ms_mp2rage on a cord crop)",
-    "spinalcord": "Spinal cord segmented by the SCT contrast-agnostic model",
-    "t2": "MS spinal cord lesions by the legacy SCT sct_deepseg_lesion t2 model",
-    "t2_ax": "MS spinal cord lesions by the legacy SCT sct_deepseg_lesion t2_ax model",
-    "t2s": "MS spinal cord lesions by the legacy SCT sct_deepseg_lesion t2s model",
-}
-
-
-def _provenance(item: WorkItem, settings: Settings, result: Any, stats: Any, state: Mapping[str, Any],
+def _provenance(result: pipelines.SegmentationResult, stats: Any, state: Mapping[str, Any],
                 seconds: float) -> dict[str, Any]:
-    pipeline = dict(getattr(result, "provenance", {}) or {})
+    """The sidecar's ``Provenance``: run-level facts, the pipeline's own (``Pipeline``) and what the
+    outputs depend on (``State``: input, task, models, parameters); each fact once."""
     return {
         "Software": derivatives.APP_NAME,
         "Version": __version__,
-        "Task": item.job.task,
-        "Models": {name: model_identity(m) for name, m in item.models.items()},
-        "Folds": pipeline.get("folds", list(settings.folds) if settings.folds is not None else "all"),
-        "TTA": settings.tta,
-        "Threshold": pipeline.get("threshold"),
-        "Device": pipeline.get("device", settings.device),
         "RunTimeSeconds": round(seconds, 3),
         "LesionCount": int(stats.count),
         "LesionVolumeMm3": round(float(stats.total_mm3), 3),
         "Date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "Pipeline": pipeline,
+        "Pipeline": result.provenance.to_dict(),
         "State": dict(state),
     }
 
 
-def _has_qc_record(output_dir: Path, job: Any) -> bool:
+def _has_qc_record(output_dir: Path, job: Job) -> bool:
     """The QC record is written after the mask sidecar: a run killed in between left the image without
     one, so it is not up to date (its re-run rewrites identical outputs and adds the record)."""
-    from .qc import qc_names
-
-    return (Path(output_dir) / qc_names(job.source.relpath, job.task)["record"]).is_file()
+    return (Path(output_dir) / job.names.qc_record).is_file()
 
 
-def _write_qc(item: WorkItem, img: Any, result: Any, settings: Settings, start: float,
+def _write_qc(item: WorkItem, settings: Settings, start: float, *, result: tuple | None = None,
               error: str | None = None) -> None:
     """Per-image QC call site (pictures + record under ``figures/``), owned by the QC module.
 
-    Called on success and on failure (``error``): every image gets a record. Writing the record of a
-    failed image must not raise (the failure is already being reported).
+    Called on success (``result``: the image, its SegmentationResult, its lesion stats) and on failure
+    (``error``): every image gets a record. Writing the record of a failed image must not raise (the
+    failure is already being reported).
     """
-    from .qc import write_image_qc
+    from .qc import QcJob, write_image_qc
 
     job = item.job
-    model = item.models.get(TASK_MODELS.get(job.task, (job.task,))[-1])
-    kwargs = {"source_relpath": job.source.relpath, "task": job.task, "outputs": job.outputs,
-              "model_release": getattr(model, "release", None), "demo": bool(getattr(model, "demo", False)),
-              "runtime_s": time.perf_counter() - start}
-    if error is None:
-        write_image_qc(settings.output_dir, image=img, mask=result.mask, cord=result.cord, **kwargs)
+    model = item.models.get(tasks.get(job.task).main_model)
+    qc_job = QcJob(source_relpath=job.source.relpath, task=job.task,
+                   model_release=getattr(model, "release", None), demo=bool(getattr(model, "demo", False)),
+                   runtime_s=time.perf_counter() - start,
+                   outputs=job.outputs)
+    if error is None and result is not None:
+        img, seg, stats = result
+        write_image_qc(settings.output_dir, qc_job, image=img, mask=seg.mask, cord=seg.cord, stats=stats)
         return
     try:
-        write_image_qc(settings.output_dir, error=error, **kwargs)
+        write_image_qc(settings.output_dir, qc_job, error=error)
     except Exception as exc:  # the image's own failure is what gets reported
         log.warning("%s: QC record of the failure not written (%s)", job.name, exc)
 
 
-def _write_log(output_dir: Path, rel: str, text: str, settings: Settings) -> None:
+def _write_log(settings: Settings, job: Job, text: str) -> None:
+    """The image's log and, beside it, the run's settings."""
     try:
-        derivatives.atomic_write_bytes(Path(output_dir) / rel, text.encode())
-        settings_path = (Path(output_dir) / rel).with_name(Path(rel).stem + "_settings.json")
-        derivatives.atomic_write_bytes(settings_path, settings.dumps().encode())
+        derivatives.atomic_write_bytes(settings.output_dir / job.names.log, text.encode())
+        derivatives.atomic_write_bytes(settings.output_dir / job.names.settings, settings.dumps().encode())
     except CordlesionError as exc:  # the image's outcome matters more than its log
         log.warning("%s", exc)
 
@@ -311,7 +299,7 @@ def _run_pool(todo: Sequence[WorkItem], settings: Settings, collect: Callable[[J
                 except Exception as exc:  # the worker itself died (killed, out of memory)
                     message = (f"{item.job.source.path}: worker process died ({type(exc).__name__}: {exc}); "
                                f"out of memory? try fewer --nprocs")
-                    _write_log(settings.output_dir, item.job.log, f"FAILED {message}\n", settings)
+                    _write_log(settings, item.job, f"FAILED {message}\n")
                     collect(JobResult(item.job.name, item.job.source.relpath, item.job.task, "failed",
                                       message=message, log=item.job.log))
         except KeyboardInterrupt:

@@ -18,21 +18,16 @@ import logging
 import sys
 from pathlib import Path
 
-from .argtypes import flatten_folds, folds
+from . import tasks
+from .argtypes import Parser, flatten_folds, folds
+from .derivatives import nifti_stem
+from .errors import EXIT
 from .settings import CROP_HELP
 
-EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_FAILURE = 64, 65, 66, 1
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+LEGACY_CONTRASTS = tasks.names(tasks.ONNX)
 
 log = logging.getLogger("bidsapp.segment")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse exits with 2 on usage errors; sysexits says 64."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def _nifti_path(value: str) -> Path:
@@ -43,7 +38,7 @@ def _nifti_path(value: str) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (separate from :func:`main` so tests and the legacy options can extend it)."""
-    p = _Parser(prog="python -m bidsapp.segment",
+    p = Parser(prog="python -m bidsapp.segment",
                 description="Segment one NIfTI image with an SCT lesion/cord model (nnU-Net v2, run by us).")
     p.add_argument("-i", "--input", required=True, type=Path, metavar="IMAGE", help="input NIfTI image")
     what = p.add_mutually_exclusive_group(required=True)
@@ -72,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", action=argparse.BooleanOptionalAction, default=None, help=CROP_HELP)
     p.add_argument("--folds", nargs="+", type=folds, metavar="K",
                    help="folds to use, e.g. 0 1 or 0,1 (default: every fold of the model)")
-    p.add_argument("--ensemble", choices=("logits", "probabilities"), default="logits",
-                   help="fold ensembling: mean of logits (nnU-Net, default) or of probabilities (SCT)")
+    p.add_argument("--ensemble", choices=("logits", "probabilities"),
+                   help="fold ensembling: mean of logits (nnU-Net) or of probabilities (SCT); default: the "
+                        "task's rule (logits)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--demo", action="store_true", help="use the embedded demo models (phantoms only)")
     p.add_argument("--models-dir", type=Path, metavar="DIR", help="where models are installed")
@@ -82,30 +78,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-LEGACY_CONTRASTS = ("t2", "t2_ax", "t2s")
-# SCT's default output suffixes: sct_deepseg_lesion (legacy) and sct_deepseg (SCT 7)
-_DEFAULT_SUFFIX = {"lesion_ms": "_lesion_seg", "lesion_ms_mp2rage": "_lesion_seg", "spinalcord": "_seg",
-                   **{t: "_lesionseg" for t in LEGACY_CONTRASTS}}
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    return name[:-len(".nii.gz")] if name.endswith(".nii.gz") else name.rsplit(".", 1)[0]
-
-
 def fill_defaults(args: argparse.Namespace) -> None:
-    """Resolve ``-c``/``-t`` into ``args.task_name`` and ``args.models``; default output paths (SCT names)."""
+    """Resolve ``-c``/``-t`` into ``args.task_name`` and ``args.models``, ``--crop`` and ``--ensemble``
+    from the task's row when not given; default output paths (SCT names, from the task table)."""
     if args.contrast:
         args.task_name, args.models = args.contrast, None
     else:
         args.task_name, args.models = resolve_task(args.task)
+    spec = tasks.get(args.task_name)
+    if args.crop is False and spec.crop.mode == "always":
+        raise _Usage(f"{spec.name} needs the crop around the cord (trained on cropped images): "
+                     "drop --no-crop")
+    args.crop = tasks.CROP_DEFAULT if args.crop is None else args.crop
+    args.ensemble = args.ensemble or spec.ensemble
     folder = args.ofolder if args.ofolder is not None else args.input.parent
+    stem = nifti_stem(args.input.name)
     if args.output is None:
-        if args.task_name not in _DEFAULT_SUFFIX:
+        if spec.sct_output_suffix is None:
             raise _Usage("-o is required with a model folder")
-        args.output = folder / f"{_stem(args.input)}{_DEFAULT_SUFFIX[args.task_name]}.nii.gz"
-    if (args.keep_intermediate or args.r == 0) and args.cord is None and args.task_name != "spinalcord":
-        args.cord = folder / f"{_stem(args.input)}_seg.nii.gz"
+        args.output = folder / f"{stem}{spec.sct_output_suffix}.nii.gz"
+    if (args.keep_intermediate or args.r == 0) and args.cord is None and spec.name != tasks.CORD_MODEL:
+        args.cord = folder / f"{stem}_seg.nii.gz"
 
 
 def resolve_task(value: str) -> tuple[str, dict | None]:
@@ -116,12 +109,11 @@ def resolve_task(value: str) -> tuple[str, dict | None]:
         return "nnunet", {"nnunet": path}
     if "/" in value or value.startswith("."):
         raise _Missing(f"{value}: no such model folder")
-    from .errors import ModelError
-    from .models import canonical_task
+    from .errors import ConfigError
 
     try:
-        return canonical_task(value), None
-    except ModelError as exc:
+        return tasks.canonical(value), None
+    except ConfigError as exc:
         raise _Usage(str(exc)) from exc
 
 
@@ -143,6 +135,8 @@ class _Missing(Exception):
 
 def run(args: argparse.Namespace) -> int:
     """Segment and write; raises our errors, returns 0."""
+    import time
+
     import torch
 
     from . import pipelines
@@ -151,11 +145,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    start = time.perf_counter()
     task, models = args.task_name, args.models
     img = load_image(args.input)
-    result = pipelines.segment(img, task=task, models=models, device=args.device, tta=args.tta,
-                               folds=flatten_folds(args.folds), ensemble=args.ensemble,
-                               models_dir=args.models_dir, demo=args.demo, crop=args.crop)
+    options = pipelines.RunOptions(device=args.device, tta=args.tta, folds=flatten_folds(args.folds),
+                                   crop=args.crop, ensemble=args.ensemble, models_dir=args.models_dir,
+                                   demo=args.demo)
+    result = pipelines.segment(img, task=task, models=models, options=options)
     atomic_save_nifti(result.mask, args.output)
     if args.soft is not None and result.probseg is not None:
         atomic_save_nifti(result.probseg, args.soft)
@@ -163,9 +159,8 @@ def run(args: argparse.Namespace) -> int:
         atomic_save_nifti(result.cord, args.cord)
     if args.qc is not None:
         _write_qc(args.qc, args.input, task, img, result)
-    prov = result.provenance
     log.info("%s: %d voxels in the mask (%s, %.1f s)", args.output, int(result.mask.dataobj[...].sum()),
-             prov.get("task"), prov.get("runtime_s", 0.0))
+             result.provenance.task, time.perf_counter() - start)
     return 0
 
 
@@ -176,7 +171,7 @@ def _write_qc(folder: Path, source: Path, task: str, img, result) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     for view, png in render_image_qc(img, result.mask, result.cord).items():
-        atomic_write_bytes(folder / f"{_stem(source)}_{task}_{view}.png", png)
+        atomic_write_bytes(folder / f"{nifti_stem(source.name)}_{task}_{view}.png", png)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     prog = parser.prog
     if not args.input.exists():
         print(f"{prog}: error: {args.input}: no such file", file=sys.stderr)
-        return EX_NOINPUT
+        return EXIT["no_input"]
     try:
         fill_defaults(args)
         if args.ofolder is not None:  # SCT creates -ofolder
@@ -198,20 +193,20 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except _Missing as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EX_NOINPUT
+        return EXIT["no_input"]
     except _Usage as exc:
         parser.print_usage(sys.stderr)
         print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EX_USAGE
+        return EXIT["usage"]
     except InputImageError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EX_DATAERR
+        return EXIT["data"]
     except (ConfigError, ValueError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EX_USAGE if isinstance(exc, ConfigError) else EX_FAILURE
+        return EXIT["usage"] if isinstance(exc, ConfigError) else EXIT["failed"]
     except CordlesionError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EX_FAILURE
+        return EXIT["failed"]
 
 
 if __name__ == "__main__":

@@ -8,16 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, tasks
 
-#: ``lesion_ms`` on a box around the cord unless told otherwise (``--crop`` / ``--no-crop``): inside the
-#: box the result is the whole image's (bench/RESULTS-crop.md); here, not in pipelines, so that the
-#: command lines can say the default without importing torch
-LESION_MS_CROP_DEFAULT = True
-#: the --crop / --no-crop help of both command lines (run.py and bidsapp.segment)
+#: the --crop / --no-crop help of both command lines (run.py and bidsapp.segment); the default is the
+#: task table's
 CROP_HELP = ("lesion_ms: run spinalcord first, then only the windows that overlap a box around the cord (the "
              "whole image's result inside the box, nothing outside); default: "
-             + ("on (--no-crop: the whole image)" if LESION_MS_CROP_DEFAULT else "off"))
+             + ("on (--no-crop: the whole image)" if tasks.CROP_DEFAULT else "off"))
 
 
 @dataclass(frozen=True)
@@ -56,9 +53,9 @@ class Settings:
     """Mirroring test-time augmentation (8 passes in 3D; off by default as in SCT)."""
     folds: tuple[int, ...] | None = None
     """nnU-Net folds to ensemble (None: every fold in the model folder)."""
-    crop: bool | None = None
-    """lesion_ms on a box around the cord, spinalcord first (``--crop`` / ``--no-crop``; None: the
-    default, ``LESION_MS_CROP_DEFAULT``)."""
+    crop: bool = tasks.CROP_DEFAULT
+    """Tasks whose crop is optional (lesion_ms) run on a box around the cord, spinalcord first
+    (``--crop`` / ``--no-crop``, resolved by the CLI; tasks that always crop ignore it)."""
     overwrite: bool = False
     """Recompute images whose outputs are up to date."""
     dry_run: bool = False
@@ -72,14 +69,14 @@ class Settings:
         """JSON-serialisable view (paths as strings, tuples as lists)."""
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
-    def parameters(self) -> dict[str, Any]:
-        """The settings that change a segmentation's result (recorded for up-to-date checks)."""
-        params = {"tta": self.tta, "folds": list(self.folds) if self.folds is not None else None}
-        from .pipelines import crop_parameters  # imports torch: only when asked
-
-        crop = crop_parameters(self.crop)
-        if crop is not None:  # only when on, so sidecars written with it off stay up to date
-            params["crop"] = crop
+    def parameters(self, task: str | tasks.Task) -> dict[str, Any]:
+        """What changes ``task``'s result besides its input and models (recorded for up-to-date checks):
+        the run's settings and the task's rules, with its box around the cord when it crops."""
+        spec = tasks.get(task)
+        params = {"tta": self.tta, "folds": list(self.folds) if self.folds is not None else None,
+                  "rules": spec.rules()}
+        if spec.crop.applies(self.crop) and spec.crop.box is not None:
+            params["crop"] = spec.crop.box.to_dict()
         return params
 
     def dumps(self) -> str:

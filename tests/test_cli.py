@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bidsapp import __version__, cli, runner
+from bidsapp import __version__, cli, runner, tasks
 from bidsapp.argtypes import flatten_folds
 from bidsapp.imaging import like
 from bidsapp.qc import qc_names
@@ -124,13 +124,15 @@ class FakeModel:
     sha256: dict = None
 
 
-def fake_segment(img, *, task, models, device="auto", tta=False, folds=None, **_):
-    from bidsapp.pipelines import SegmentationResult
+def fake_segment(img, *, task, models, options=None):
+    from bidsapp.pipelines import Provenance, SegmentationResult
 
     data = np.asanyarray(img.dataobj)
     prob = (data > 0.9).astype(np.float32)
+    provenance = Provenance(task=tasks.get(task).name, engine="fake", device="cpu", models={}, folds={},
+                            tta=False, ensemble=None, threshold=0.5)
     return SegmentationResult(like(img, (prob > 0.5).astype(np.uint8), np.uint8), like(img, prob, np.float32),
-                              None, {"task": task, "threshold": 0.5, "device": "cpu"})
+                              None, provenance)
 
 
 @pytest.fixture
@@ -138,9 +140,9 @@ def fake_models(monkeypatch):
     from bidsapp import pipelines
 
     monkeypatch.setattr(pipelines, "segment", fake_segment)
-    monkeypatch.setattr(runner, "locate_models", lambda tasks, settings: {
+    monkeypatch.setattr(runner, "locate_models", lambda names, settings: {
         name: FakeModel(name, Path("/m"), sha256={"w": "0" * 64})
-        for task in tasks for name in pipelines.task_models(task, crop=settings.crop)})
+        for task in names for name in tasks.get(task).models_run(settings.crop)})
 
 
 def test_dry_run_writes_nothing(dirs, fake_models, capsys, tmp_path):

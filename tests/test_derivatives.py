@@ -32,13 +32,62 @@ def test_source_entities(name, expected):
     ("t2s", "T2starw", "lesion", "T2starwLegacy"),
     ("t2_ax", "T2w", "lesion", "T2wLegacyAx"),
     ("spinalcord", "T2w", "SC", "T2w"),
+    # a legacy model on a contrast it was not trained on says so (t2 and t2s on one image stay apart)
+    ("t2s", "T2w", "lesion", "T2wLegacyT2s"),
+    ("t2", "T2starw", "lesion", "T2starwLegacyT2"),
 ])
-def test_output_names(task, suffix, label, desc):
-    names = derivatives.output_names(f"sub-01/ses-M0/anat/sub-01_ses-M0_run-1_{suffix}.nii.gz", suffix, task)
+def test_image_names(task, suffix, label, desc):
+    src = f"sub-01/ses-M0/anat/sub-01_ses-M0_run-1_{suffix}.nii.gz"
+    names = derivatives.image_names(src, task)
     base = f"sub-01/ses-M0/anat/sub-01_ses-M0_run-1_label-{label}_desc-{desc}"
-    assert names["mask"] == f"{base}_mask.nii.gz" and names["mask_json"] == f"{base}_mask.json"
-    assert names["probseg"] == f"{base}_probseg.nii.gz"
-    assert ("cord" in names) == (task == "lesion_ms_mp2rage")
+    assert names.mask == f"{base}_mask.nii.gz" and names.mask_json == f"{base}_mask.json"
+    assert names.probseg == f"{base}_probseg.nii.gz" and names.lesions_tsv == f"{base}_lesions.tsv"
+    assert (names.cord is not None) == (task == "lesion_ms_mp2rage") == ("cord" in names.outputs())
+    log_label = "" if label == "lesion" else f"_label-{label}"
+    assert names.log == f"logs/sub-01/sub-01_ses-M0_run-1_{suffix}{log_label}_desc-{desc}.log"
+    assert names.settings == names.log.removesuffix(".log") + "_settings.json"
+    qc = f"sub-01/figures/sub-01_ses-M0_run-1_{suffix}_desc-{task.replace('_', '')}"
+    assert names.qc_record == f"{qc}_qc.json" and names.figures["thumb"] == f"{qc}_thumb.png"
+
+
+def test_todays_single_task_names_are_kept():
+    # the names every run wrote before the task table (a re-run must find them)
+    names = derivatives.image_names("sub-01/anat/sub-01_T2w.nii.gz", "lesion_ms")
+    assert names.log == "logs/sub-01/sub-01_T2w_desc-T2w.log"
+    assert names.settings == "logs/sub-01/sub-01_T2w_desc-T2w_settings.json"
+    assert names.qc_record == "sub-01/figures/sub-01_T2w_desc-lesionms_qc.json"
+    unit1 = derivatives.image_names("sub-01/anat/sub-01_UNIT1.nii.gz", "lesion_ms_mp2rage")
+    assert unit1.cord == "sub-01/anat/sub-01_label-SC_desc-UNIT1_mask.nii.gz"
+
+
+@pytest.mark.parametrize("suffix", ["T2w", "T2starw", "T2star", "UNIT1", "PSIR"])
+def test_two_tasks_on_one_image_never_share_a_name(suffix):
+    from bidsapp import tasks
+
+    src = f"sub-01/anat/sub-01_acq-sag_{suffix}.nii.gz"
+    names = {t: derivatives.image_names(src, t) for t in tasks.names(routable=True)}  # what a config routes
+    for a in names:
+        for b in names:
+            if a >= b:
+                continue
+            shared = set(names[a].paths()) & set(names[b].paths())
+            # the one overlap by design: a task's cord mask IS the spinalcord task's mask (plan.route
+            # then lets the spinalcord job write it)
+            allowed = {p for n in (names[a], names[b]) if n.cord for p in (n.cord, n.cord_json)}
+            assert shared <= allowed, (a, b, shared)
+            assert not shared or tasks.CORD_MODEL in (a, b)
+
+
+@pytest.mark.parametrize("name, stem", [("sub-01_T2w.nii.gz", "sub-01_T2w"), ("sub-01_T2w.nii", "sub-01_T2w"),
+                                        ("a/b/sub-01_T2w.json", "sub-01_T2w"), ("x", "x")])
+def test_nifti_stem(name, stem):
+    assert derivatives.nifti_stem(name) == stem
+
+
+def test_parse_name_keeps_spelling():
+    parsed = derivatives.parse_name("sub-01/anat/sub-01_ses-M0_run-01_acq-a+b_T2w.nii.gz")
+    assert parsed.pairs == (("sub", "01"), ("ses", "M0"), ("run", "01"), ("acq", "a+b"))
+    assert parsed.suffix == "T2w" and parsed.extension == ".nii.gz"
 
 
 def test_atomic_write_bytes(tmp_path):
@@ -144,12 +193,13 @@ def test_concurrent_dataset_files(tmp_path):
 
 def _seg(tmp_path: Path):
     img = nib.Nifti1Image(np.zeros((4, 4, 3), np.uint8), np.eye(4))
-    outputs = derivatives.output_names("sub-01/anat/sub-01_T2w.nii.gz", "T2w", "lesion_ms")
+    outputs = derivatives.image_names("sub-01/anat/sub-01_T2w.nii.gz", "lesion_ms").outputs()
     state = {"InputSha256": "ab" * 32, "Task": "lesion_ms", "Models": {}, "Parameters": {"tta": False}}
-    written = derivatives.write_segmentation(
-        tmp_path, outputs, mask=img, probseg=nib.Nifti1Image(np.zeros((4, 4, 3), np.float32), np.eye(4)),
-        cord=None, source_uri="bids:raw:sub-01/anat/sub-01_T2w.nii.gz", description="d",
-        provenance={"State": state})
+    probseg = nib.Nifti1Image(np.zeros((4, 4, 3), np.float32), np.eye(4))
+    images = {"mask": img, "probseg": probseg, "cord": None}
+    info = derivatives.SidecarInfo(source_uri="bids:raw:sub-01/anat/sub-01_T2w.nii.gz", description="d",
+                                   mask_type="Lesion", provenance={"State": state})
+    written = derivatives.write_segmentation(tmp_path, outputs, images, info)
     return outputs, state, written
 
 

@@ -5,8 +5,11 @@ import numpy as np
 import pytest
 from engine_models import build_folder, make_image, one_torch_thread  # noqa: F401 (autouse)
 
-from bidsapp import pipelines
+from bidsapp import pipelines, tasks
 from bidsapp.errors import ConfigError
+from bidsapp.pipelines import RunOptions
+
+CPU = RunOptions(device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +19,8 @@ def folder(tmp_path_factory):
 
 def test_lesion_ms_outputs_and_provenance(folder):
     img = make_image("las", seed=3)
-    res = pipelines.segment(img, task="lesion_ms", models={"lesion_ms": folder}, device="cpu", crop=False)
+    res = pipelines.segment(img, task="lesion_ms", models={"lesion_ms": folder},
+                            options=RunOptions(device="cpu", crop=False))
     probs = pipelines.get_predictor(folder, device="cpu").predict(img)
     for out in (res.mask, res.probseg):
         assert out.shape == img.shape
@@ -28,9 +32,13 @@ def test_lesion_ms_outputs_and_provenance(folder):
     np.testing.assert_allclose(np.asanyarray(res.probseg.dataobj), probs[1], atol=1e-6)
     assert res.cord is None
     prov = res.provenance
-    assert prov["task"] == "lesion_ms" and prov["folds"] == {"lesion_ms": [0, 1]} and prov["tta"] is False
-    assert prov["ensemble"] == "logits" and prov["device"] == "cpu" and prov["runtime_s"] > 0
-    assert prov["models"]["lesion_ms"]["path"] == str(folder)
+    assert prov.task == "lesion_ms" and prov.folds == {"lesion_ms": [0, 1]} and prov.tta is False
+    assert prov.ensemble == "logits" and prov.device == "cpu" and prov.crop is None
+    assert prov.models["lesion_ms"].path == str(folder)
+    # the sidecar's Pipeline block: only what the run's State does not hold (no task, TTA, identities)
+    assert prov.to_dict() == {"engine": "bidsapp.engine.nnunet (torch)", "device": "cpu",
+                              "folds": {"lesion_ms": [0, 1]}, "threshold": prov.threshold,
+                              "model_paths": {"lesion_ms": str(folder)}}
 
 
 def test_predictors_are_cached(folder):
@@ -53,18 +61,18 @@ def test_mp2rage_crops_around_the_cord_and_puts_back(folder, monkeypatch):
     img = make_image("ras", seed=5)
     cord = np.zeros(img.shape, bool)
     cord[18:22, 16:20, 5:7] = True  # short along S-I: the crop (5 slices margin) leaves slices 12-13 out
-    real = pipelines._run_nnunet
+    real = pipelines._run_model
     calls = []
 
-    def fake(image, task, located, settings, **kw):
-        calls.append((task, image.shape))
-        if task == "spinalcord":
-            assert kw.get("tile_step") is None  # the MP2RAGE model's input is the crop: SCT's cord mask
-            return cord, cord.astype(np.float32)
-        return real(image, task, located, settings, **kw)
+    def fake(image, spec, model, run, **kw):
+        calls.append((spec.name, image.shape))
+        if spec.name == "spinalcord":
+            assert kw.get("tile_step") is None  # the MP2RAGE model's input is the crop: the cord task's own
+            return pipelines._Pass(cord, cord.astype(np.float32), [0])
+        return real(image, spec, model, run, **kw)
 
-    monkeypatch.setattr(pipelines, "_run_nnunet", fake)
-    res = pipelines.segment(img, task="lesion_ms_mp2rage", device="cpu",
+    monkeypatch.setattr(pipelines, "_run_model", fake)
+    res = pipelines.segment(img, task="lesion_ms_mp2rage", options=RunOptions(device="cpu", crop=False),
                             models={"spinalcord": folder, "lesion_ms_mp2rage": folder})
     box = pipelines.cord_crop_box(cord, img.affine)
     assert calls[0][0] == "spinalcord"
@@ -79,16 +87,17 @@ def test_mp2rage_crops_around_the_cord_and_puts_back(folder, monkeypatch):
     assert outside.any() and not mask[outside].any() and not prob[outside].any()
     np.testing.assert_array_equal(np.asanyarray(res.cord.dataobj), cord.astype(np.uint8))
     np.testing.assert_array_equal(res.cord.affine, img.affine)
-    assert res.provenance["crop"]["box_voxels"] == [[s.start, s.stop] for s in box]
-    assert set(res.provenance["models"]) == {"spinalcord", "lesion_ms_mp2rage"}
+    # the row's box rule is SCT's recipe, and --no-crop cannot switch off a crop the model was trained on
+    assert box == pipelines.box_around_cord(cord, img.affine, tasks.get("lesion_ms_mp2rage").crop.box)
+    assert res.provenance.crop.box_voxels == [[s.start, s.stop] for s in box]
+    assert list(res.provenance.models) == ["spinalcord", "lesion_ms_mp2rage"]
+    assert res.provenance.folds == {"spinalcord": [0], "lesion_ms_mp2rage": [0, 1]}
 
 
 def test_bad_requests():
     img = make_image("ras")
-    with pytest.raises(ConfigError, match="unknown task"):
-        pipelines.segment(img, task="lesion", models={})
-    with pytest.raises(ConfigError, match="needs the crop"):
-        pipelines.segment(img, task="lesion_ms_mp2rage", models={}, crop=False)
+    with pytest.raises(ConfigError, match="unknown task 'lesion'"):
+        pipelines.segment(img, task="lesion", models={}, options=CPU)
 
 
 def test_class_index():

@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from bidsapp.demo.phantom import make_anatomy, make_phantom
 from bidsapp.group import COLUMNS, DATA_DICTIONARY, run_group
-from bidsapp.qc import qc_names, write_image_qc
+from bidsapp.qc import QcJob, qc_names, write_image_qc
 from bidsapp.qc.index import PAGE_SIZE
 
 EVIL = "<img src=x onerror=alert(1)>"                 # a label that must stay text (no '/' in a file name)
@@ -64,12 +64,11 @@ def group_out(tmp_path_factory):
         anatomy = make_anatomy(rng, n_lesions=3 if lesions else 0)
         ph = make_phantom(contrast, rng=rng, anatomy=anatomy, voxel_size=(0.8, 0.8, 1.6))
         src = _source(sub, ses, acq, run, contrast)
-        write_image_qc(out, source_relpath=src, task=task, model_release="demo-1", demo=True, runtime_s=1.5,
-                       image=ph.image, mask=ph.lesion, cord=ph.cord)
+        write_image_qc(out, QcJob(src, task, "demo-1", True, runtime_s=1.5), image=ph.image, mask=ph.lesion,
+                       cord=ph.cord)
         truth[src] = _truth(ph.lesion)
     failed = _source("05", None, None, None, "T2w")
-    write_image_qc(out, source_relpath=failed, task="lesion_ms", model_release="demo-1", demo=True,
-                   runtime_s=0.1, error=EVIL_ERROR)
+    write_image_qc(out, QcJob(failed, "lesion_ms", "demo-1", True, runtime_s=0.1), error=EVIL_ERROR)
     corrupt = out / qc_names(_source("06", None, None, None, "T2w"), "lesion_ms")["record"]
     corrupt.parent.mkdir(parents=True)
     corrupt.write_text('{"status": "ok", ')

@@ -203,8 +203,8 @@ def test_segment_legacy_output_is_on_the_exact_input_grid(phantoms, orientation)
     assert int(mask.header["qform_code"]) == 1 and int(mask.header["sform_code"]) == 2
     assert np.array_equal(mask.header.get_qform(), img.header.get_qform())
     assert set(np.unique(np.asanyarray(mask.dataobj))) <= {0, 1} and np.asanyarray(mask.dataobj).any()
-    assert result.probseg is None and result.cord.shape == img.shape
-    assert result.provenance["task"] == "t2" and result.provenance["threshold"] == 0.1
+    assert result.cord.shape == img.shape and result.threshold == 0.1
+    assert result.details["model_file"] == bright.path.name and result.details["patch_mean"] == 871.309
 
 
 def test_segment_legacy_refuses_bad_inputs(phantoms):

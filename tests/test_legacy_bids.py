@@ -49,13 +49,15 @@ def test_sidecars_say_which_model_made_which(legacy_run):
     legacy = json.loads((anat / "sub-02_acq-ax_run-1_label-lesion_desc-T2wLegacyAx_mask.json").read_text())
     source = "bids:raw:sub-02/anat/sub-02_acq-ax_run-1_T2w.nii.gz"
     assert lesion_ms["Sources"] == legacy["Sources"] == [source]
-    assert lesion_ms["Provenance"]["Task"] == "lesion_ms" and "t2_ax" not in lesion_ms["Provenance"]["Models"]
+    state = lesion_ms["Provenance"]["State"]
+    assert state["Task"] == "lesion_ms" and "t2_ax" not in state["Models"]
     prov = legacy["Provenance"]
-    assert prov["Task"] == "t2_ax" and set(prov["Models"]) == {"spinalcord", "t2_ax"}
-    assert prov["Pipeline"]["task"] == "t2_ax" and prov["Pipeline"]["model_file"] == "t2_ax_lesion.onnx"
-    assert prov["Pipeline"]["models"]["t2_ax"]["demo"] is True
-    assert prov["Pipeline"]["models"]["t2_ax"]["path"].endswith("legacy/t2_ax_lesion.onnx")
-    assert prov["Threshold"] == 0.1
+    assert prov["State"]["Task"] == "t2_ax" and set(prov["State"]["Models"]) == {"spinalcord", "t2_ax"}
+    assert prov["State"]["Models"]["t2_ax"]["demo"] is True
+    assert prov["Pipeline"]["engine"] == "onnxruntime"
+    assert prov["Pipeline"]["model_file"] == "t2_ax_lesion.onnx"
+    assert prov["Pipeline"]["model_paths"]["t2_ax"].endswith("legacy/t2_ax_lesion.onnx")
+    assert prov["Pipeline"]["threshold"] == 0.1
     assert "legacy" in legacy["Description"] and "t2_ax" in legacy["Description"]
 
 

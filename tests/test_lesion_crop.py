@@ -3,21 +3,25 @@
 parameters."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bidsapp import cli, pipelines
+from bidsapp import cli, pipelines, tasks
 from bidsapp import segment as segment_cli
+from bidsapp.pipelines import RunOptions
 from bidsapp.settings import Settings
+
+LESION_MS = tasks.get("lesion_ms")
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
 
 
-def test_crop_path_agrees_with_whole_image_on_the_input_grid(monkeypatch):
+def test_crop_path_agrees_with_whole_image_on_the_input_grid():
     import torch
 
     from bidsapp.demo.phantom import make_phantom
@@ -25,18 +29,19 @@ def test_crop_path_agrees_with_whole_image_on_the_input_grid(monkeypatch):
     torch.set_num_threads(2)
     # a field of view wider than the box, so the crop really removes tissue (the default 30 mm margin
     # would keep all of this small phantom): 10 mm in-plane, 5 mm along S-I
-    monkeypatch.setattr(pipelines, "LESION_CROP_MARGIN_MM", 10.0)
-    monkeypatch.setattr(pipelines, "LESION_CROP_SI_MM", 5.0)
+    box_rule = dataclasses.replace(LESION_MS.crop.box, margin_mm=10.0, margin_si_mm=5.0)
+    spec = dataclasses.replace(LESION_MS, crop=dataclasses.replace(LESION_MS.crop, box=box_rule))
     ph = make_phantom("T2w", rng=np.random.default_rng(8), orientation=("R", "A", "S"),
                       voxel_size=(0.8, 0.8, 0.8), fov_mm=(56.0, 56.0, 40.0))
     truth = np.asarray(ph.lesion.dataobj) > 0
-    full = pipelines.segment(ph.image, task="lesion_ms", demo=True, device="cpu", crop=False)
-    crop = pipelines.segment(ph.image, task="lesion_ms", demo=True, device="cpu", crop=True)
-    assert full.provenance["crop"]["enabled"] is False and full.cord is None
-    assert set(full.provenance["models"]) == {"lesion_ms"}
-    prov = crop.provenance["crop"]
-    assert prov["enabled"] is True and set(crop.provenance["models"]) == {"spinalcord", "lesion_ms"}
-    box = tuple(slice(a, b) for a, b in prov["box_voxels"])
+    full = pipelines.segment(ph.image, task=spec, options=RunOptions(demo=True, device="cpu", crop=False))
+    crop = pipelines.segment(ph.image, task=spec, options=RunOptions(demo=True, device="cpu", crop=True))
+    assert full.provenance.crop is None and full.cord is None
+    assert list(full.provenance.models) == ["lesion_ms"]
+    prov = crop.provenance.crop
+    assert prov is not None and list(crop.provenance.models) == ["spinalcord", "lesion_ms"]
+    box = tuple(slice(a, b) for a, b in prov.box_voxels)
+    assert box == pipelines.box_around_cord(np.asarray(crop.cord.dataobj) > 0, ph.image.affine, box_rule)
     assert [b.stop - b.start for b in box[:2]] < list(ph.image.shape[:2])  # in-plane really cropped
     for res in (full, crop):  # exact input grid
         assert res.mask.shape == ph.image.shape and np.array_equal(res.mask.affine, ph.image.affine)
@@ -57,15 +62,16 @@ def test_crop_path_agrees_with_whole_image_on_the_input_grid(monkeypatch):
 
 
 def test_task_models_need_the_cord_model_only_when_cropping():
-    assert pipelines.task_models("lesion_ms", crop=False) == ("lesion_ms",)
-    assert pipelines.task_models("lesion_ms", crop=True) == ("spinalcord", "lesion_ms")
-    assert pipelines.task_models("lesion_ms_mp2rage", crop=False) == ("spinalcord", "lesion_ms_mp2rage")
+    assert LESION_MS.models_run(crop=False) == ("lesion_ms",)
+    assert LESION_MS.models_run(crop=True) == ("spinalcord", "lesion_ms")
+    assert tasks.get("lesion_ms_mp2rage").models_run(crop=False) == ("spinalcord", "lesion_ms_mp2rage")
+    assert tasks.get("spinalcord").models_run(crop=True) == ("spinalcord",)
 
 
-def test_crop_switch_in_both_parsers_and_parameters(tmp_path: Path, monkeypatch):
+def test_crop_switch_in_both_parsers_and_parameters(tmp_path: Path):
     app = cli.build_parser()
     base = [str(tmp_path / "bids"), str(tmp_path / "out"), "participant"]
-    assert app.parse_args(base).crop is None  # the pipelines' default
+    assert app.parse_args(base).crop is None  # not given: the CLI resolves it to the table's default
     assert app.parse_args([*base, "--crop"]).crop is True
     assert app.parse_args([*base, "--no-crop"]).crop is False
     seg = segment_cli.build_parser()
@@ -75,26 +81,46 @@ def test_crop_switch_in_both_parsers_and_parameters(tmp_path: Path, monkeypatch)
     default = Settings(bids_dir=tmp_path, output_dir=tmp_path / "o")
     off = Settings(bids_dir=tmp_path, output_dir=tmp_path / "o", crop=False)
     on = Settings(bids_dir=tmp_path, output_dir=tmp_path / "o", crop=True)
-    # off: no key, so sidecars written before the option stay up to date; on: what the box depends on
-    assert "crop" not in off.parameters()
-    assert on.parameters()["crop"] == {"margin_mm": pipelines.LESION_CROP_MARGIN_MM,
-                                       "margin_si_mm": pipelines.LESION_CROP_SI_MM, "windows": "image",
-                                       "cord_tile_step": pipelines.CORD_LOCATE_TILE_STEP}
-    assert default.parameters() == (on if pipelines.LESION_MS_CROP_DEFAULT else off).parameters()
-    assert on.to_dict()["crop"] is True and default.to_dict()["crop"] is None
-    # the default follows the pipelines' constant
-    monkeypatch.setattr(pipelines, "LESION_MS_CROP_DEFAULT", not pipelines.LESION_MS_CROP_DEFAULT)
-    assert default.parameters() == (on if pipelines.LESION_MS_CROP_DEFAULT else off).parameters()
-    expected = ("spinalcord", "lesion_ms") if pipelines.LESION_MS_CROP_DEFAULT else ("lesion_ms",)
-    assert pipelines.task_models("lesion_ms") == expected
+    assert default.crop is tasks.CROP_DEFAULT is LESION_MS.crop.default
+    # off: no key, so sidecars written without the box stay up to date; on: what the box depends on
+    assert "crop" not in off.parameters("lesion_ms")
+    assert on.parameters("lesion_ms")["crop"] == {"margin_mm": 10.0, "margin_si_mm": 15.0, "windows": "image",
+                                                  "cord_tile_step": 1.0}
+    assert on.parameters("lesion_ms")["rules"] == {"ensemble": "logits", "postprocess": "argmax",
+                                                   "tile_step": 0.5}
+    # the crop switch means nothing to a task that never crops, and a task that always crops keeps its box
+    assert on.parameters("spinalcord") == off.parameters("spinalcord")
+    assert off.parameters("lesion_ms_mp2rage")["crop"] == {"margin_mm": 30.0, "margin_slices": 5,
+                                                           "windows": "crop"}
+    assert on.to_dict()["crop"] is True and off.to_dict()["crop"] is False
 
 
-@pytest.mark.parametrize("crop", [False, True, None])
+def _cli_settings(tmp_path: Path, *flags: str) -> Settings:
+    args = cli.build_parser().parse_args([str(tmp_path), str(tmp_path / "o"), "participant", *flags])
+    return cli._settings(args, tmp_path, tmp_path / "o")
+
+
+@pytest.mark.parametrize("flags, crop", [((), tasks.CROP_DEFAULT), (("--crop",), True),
+                                         (("--no-crop",), False)])
+def test_the_cli_resolves_crop_once(tmp_path, flags, crop):
+    assert _cli_settings(tmp_path, *flags).crop is crop
+
+
+def test_segment_cli_refuses_no_crop_for_a_task_trained_on_crops(tmp_path, capsys):
+    image = tmp_path / "x.nii.gz"
+    image.write_bytes(b"")
+    code = segment_cli.main(["-i", str(image), "-t", "lesion_ms_mp2rage", "--no-crop", "-o",
+                             str(tmp_path / "m.nii.gz")])
+    assert code == 64 and "lesion_ms_mp2rage needs the crop around the cord" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("crop", [False, True])
 def test_runner_locates_the_cord_model_only_when_cropping(crop, tmp_path, monkeypatch):
     from bidsapp import runner
 
     settings = Settings(bids_dir=tmp_path, output_dir=tmp_path / "o", crop=crop)
     monkeypatch.setattr("bidsapp.models.locate", lambda name, **kw: name)
-    on = pipelines.lesion_ms_crops(crop)
-    assert list(runner.locate_models(["lesion_ms"], settings)) == (["spinalcord", "lesion_ms"] if on
+    assert list(runner.locate_models(["lesion_ms"], settings)) == (["spinalcord", "lesion_ms"] if crop
                                                                    else ["lesion_ms"])
+    # a task that always crops needs the cord model whatever --crop says
+    assert list(runner.locate_models(["lesion_ms_mp2rage"], settings)) == ["spinalcord", "lesion_ms_mp2rage"]

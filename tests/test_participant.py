@@ -110,9 +110,17 @@ def test_sidecars_and_dataset_description(participant_run, phantom_bids):
     assert side["Type"] == "Lesion" and side["Manual"] is False and side["Description"]
     assert side["Sources"] == [f"bids:raw:{job.source.relpath}"]
     prov = side["Provenance"]
-    assert prov["Version"] == __version__ and prov["Task"] == "lesion_ms_mp2rage" and prov["TTA"] is False
-    assert set(prov["Models"]) == {"spinalcord", "lesion_ms_mp2rage"}
-    for model in prov["Models"].values():
+    state = prov["State"]
+    assert prov["Version"] == __version__ and state["Task"] == "lesion_ms_mp2rage"
+    assert state["Parameters"]["tta"] is False and state["Parameters"]["crop"]["margin_slices"] == 5
+    assert list(state["Models"]) == ["spinalcord", "lesion_ms_mp2rage"]
+    # each fact once: the pipeline block holds only what the state does not
+    assert set(prov) == {"Software", "Version", "RunTimeSeconds", "LesionCount", "LesionVolumeMm3", "Date",
+                         "Pipeline", "State", "Outputs"}
+    assert set(prov["Pipeline"]) == {"engine", "device", "folds", "threshold", "model_paths", "crop"}
+    assert prov["Pipeline"]["folds"] == {"spinalcord": [0], "lesion_ms_mp2rage": [3]}  # SCT ships fold 3
+    assert len(prov["Pipeline"]["crop"]["box_voxels"]) == 3
+    for model in state["Models"].values():
         assert model["release"] == "demo" and model["demo"] is True
         assert model["sha256"] and all(len(h) == 64 for h in model["sha256"].values())
     mask = nib.load(participant_run / job.outputs["mask"])
@@ -128,7 +136,7 @@ def test_sidecars_and_dataset_description(participant_run, phantom_bids):
     assert (participant_run / ".bidsignore").read_text().split() == ["**/figures", "logs", "qc", "group"]
     log_file = participant_run / job.log
     assert "lesion_ms_mp2rage" in log_file.read_text()
-    settings = json.loads(log_file.with_name(log_file.stem + "_settings.json").read_text())
+    settings = json.loads((participant_run / job.names.settings).read_text())
     assert settings["demo"] is True and settings["nprocs"] == 2
 
 
@@ -221,3 +229,33 @@ def test_real_bids_smoke(tmp_path):
     _assert_outputs(out, REAL_BIDS, jobs)
     assert validate(out).n_errors == 0
     assert _snapshot(REAL_BIDS) == before
+
+
+def test_two_tasks_on_one_image_write_distinct_files(phantom_bids, tmp_path):
+    """lesion_ms and spinalcord routed to one T2w image (the config schema allows it) through run.py: each
+    job its own mask, log, settings and QC record, and the cord mask is the cord model's."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"rules": [{"match": {"suffix": "T2w", "acq": "ax", "run": 1},
+                                             "tasks": ["lesion_ms", "spinalcord"]}],
+                                  "use_default_rules": False}))
+    out = tmp_path / "two"
+    assert main([str(phantom_bids), str(out), "participant", "--demo", "--skip_bids_validator",
+                 "--participant-label", "02", "--config", str(config)]) == 0
+    rules = plan.load_config(json.loads(config.read_text()))
+    lesion, cord = plan.route(plan.index(phantom_bids, participants=["02"], suffixes=["T2w"]), rules)
+    assert (lesion.task, cord.task) == ("lesion_ms", "spinalcord") and lesion.source == cord.source
+    per_job = [(j.outputs["mask"], j.outputs["mask_json"], j.log, j.names.settings, j.names.qc_record)
+               for j in (lesion, cord)]
+    for paths in zip(*per_job, strict=True):
+        assert paths[0] != paths[1] and all((out / p).is_file() for p in paths), paths
+    assert cord.log == "logs/sub-02/sub-02_acq-ax_run-1_T2w_label-SC_desc-T2w.log"
+    assert "task spinalcord" in (out / cord.log).read_text()
+    assert "task lesion_ms" in (out / lesion.log).read_text()
+    records = [json.loads((out / j.names.qc_record).read_text()) for j in (lesion, cord)]
+    assert [r["task"] for r in records] == ["lesion_ms", "spinalcord"]
+    sidecars = [json.loads((out / j.outputs["mask_json"]).read_text()) for j in (lesion, cord)]
+    assert [s["Provenance"]["State"]["Task"] for s in sidecars] == ["lesion_ms", "spinalcord"]
+    assert [s["Type"] for s in sidecars] == ["Lesion", "ROI"]
+    truth = phantom_bids / "derivatives" / "groundtruth"
+    inter, total = _dice(_load_bool(truth / cord.outputs["mask"]), _load_bool(out / cord.outputs["mask"]))
+    assert inter / total >= MIN_CORD_DICE

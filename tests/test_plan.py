@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bidsapp import plan
+from bidsapp import plan, tasks
 from bidsapp.errors import ConfigError
 
 FILES = [
@@ -193,12 +193,33 @@ def test_bad_config_names_the_key(bad, where):
         plan.load_config(bad, "cfg.json")
 
 
-def test_route_refuses_output_collisions():
-    image = plan.SourceImage(Path("/d/sub-01/anat/sub-01_T2w.nii.gz"), "sub-01/anat/sub-01_T2w.nii.gz", "T2w",
-                             {"subject": "01", "suffix": "T2w"})
-    rules = [{"match": {"suffix": "T2w"}, "tasks": ["t2", "t2s"]}]
-    with pytest.raises(ConfigError, match="same output"):
-        plan.route([image], rules)
+@pytest.mark.parametrize("suffix", ["T2w", "T2starw", "UNIT1"])
+def test_every_task_on_one_image_writes_its_own_files(suffix):
+    rel = f"sub-01/anat/sub-01_{suffix}.nii.gz"
+    image = plan.SourceImage(Path(f"/d/{rel}"), rel, suffix, {"subject": "01", "suffix": suffix})
+    every = list(tasks.names(routable=True))
+    jobs = plan.route([image], [{"match": {"suffix": suffix}, "tasks": every}])
+    assert [j.task for j in jobs] == every
+    written = [p for j in jobs for p in [*j.outputs.values(), j.log, j.names.settings, j.names.qc_record,
+                                         *j.names.figures.values()]]
+    assert len(written) == len(set(written))
+    assert len({j.outputs["mask"] for j in jobs}) == len({j.log for j in jobs}) == len(every)
+
+
+def test_a_cord_mask_another_job_writes_is_left_to_it():
+    rel = "sub-01/anat/sub-01_UNIT1.nii.gz"
+    image = plan.SourceImage(Path(f"/d/{rel}"), rel, "UNIT1", {"subject": "01", "suffix": "UNIT1"})
+    mp2rage, cord = plan.route([image], [{"match": {"suffix": "UNIT1"}, "tasks": ["lesion_ms_mp2rage",
+                                                                                   "spinalcord"]}])
+    assert "cord" not in mp2rage.outputs and mp2rage.names.cord == cord.outputs["mask"]
+    alone, = plan.route([image], plan.default_rules())
+    assert alone.outputs["cord"] == cord.outputs["mask"]  # alone, the MP2RAGE job writes it (as before)
+
+
+def test_default_rules_come_from_the_task_table():
+    assert plan.default_rules() == [{"match": {"suffix": s}, "tasks": [t]} for s, t in (
+        ("T2w", "lesion_ms"), ("T2starw", "lesion_ms"), ("T2star", "lesion_ms"),
+        ("UNIT1", "lesion_ms_mp2rage"))]
 
 
 def test_route_is_pure_and_ordered():

@@ -7,7 +7,7 @@ import jsonschema
 import pytest
 
 from bidsapp.metrics import LesionStats
-from bidsapp.qc import build_record, parse_entities, qc_names, record_validator
+from bidsapp.qc import QcJob, build_record, parse_entities, qc_names, record_validator
 
 SRC = "sub-01/ses-M0/anat/sub-01_ses-M0_acq-sag_run-01_T2w.nii.gz"
 
@@ -15,9 +15,9 @@ SRC = "sub-01/ses-M0/anat/sub-01_ses-M0_acq-sag_run-01_T2w.nii.gz"
 def test_ok_record_carries_stats_and_paths():
     stats = LesionStats(count=2, total_mm3=30.0, volumes_mm3=[20.0, 10.0])
     names = qc_names(SRC, "lesion_ms")
-    rec = build_record(source_relpath=SRC, task="lesion_ms", model_release="r20250101", demo=False,
-                       stats=stats, outputs={"mask": "sub-01/ses-M0/anat/x_mask.nii.gz"},
-                       figures={"axial": names["axial"]}, runtime_s=12.34567)
+    job = QcJob(SRC, "lesion_ms", "r20250101", False, runtime_s=12.34567,
+                outputs={"mask": "sub-01/ses-M0/anat/x_mask.nii.gz"})
+    rec = build_record(job, stats=stats, figures={"axial": names["axial"]})
     assert rec["entities"] == {"sub": "01", "ses": "M0", "acq": "sag", "run": "01", "suffix": "T2w"}
     assert rec["lesions"] == {"count": 2, "total_mm3": 30.0, "largest_mm3": 20.0, "volumes_mm3": [20.0, 10.0]}
     assert (rec["status"], rec["error"], rec["runtime_s"]) == ("ok", None, 12.346)
@@ -28,9 +28,8 @@ def test_ok_record_carries_stats_and_paths():
 
 
 def test_failed_record_has_error_and_no_lesions():
-    rec = build_record(source_relpath="sub-02/anat/sub-02_UNIT1.nii.gz", task="lesion_ms_mp2rage",
-                       model_release=None, demo=True, status="failed",
-                       error="sub-02_UNIT1.nii.gz: image contains NaN", runtime_s=0.5,
+    job = QcJob("sub-02/anat/sub-02_UNIT1.nii.gz", "lesion_ms_mp2rage", None, True, runtime_s=0.5)
+    rec = build_record(job, status="failed", error="sub-02_UNIT1.nii.gz: image contains NaN",
                        stats=LesionStats(1, 1.0, [1.0]))
     assert (rec["status"], rec["lesions"]) == ("failed", None)
     assert rec["error"] == "sub-02_UNIT1.nii.gz: image contains NaN"
@@ -46,7 +45,8 @@ def test_failed_record_has_error_and_no_lesions():
 ])
 def test_inconsistent_records_are_refused(kwargs):
     with pytest.raises(jsonschema.ValidationError):
-        build_record(source_relpath=SRC, task="lesion_ms", model_release="r1", demo=False, **kwargs)
+        outputs = kwargs.pop("outputs", {})
+        build_record(QcJob(SRC, "lesion_ms", "r1", False, outputs=outputs), **kwargs)
 
 
 def test_schema_is_valid_and_entities_parse_exactly():

@@ -6,7 +6,7 @@ import json
 import nibabel as nib
 import numpy as np
 
-from bidsapp.qc import VIEWS, qc_names, record_validator, write_image_qc
+from bidsapp.qc import VIEWS, QcJob, qc_names, record_validator, write_image_qc
 
 SRC = "sub-07/ses-M0/anat/sub-07_ses-M0_T2w.nii.gz"
 
@@ -24,10 +24,10 @@ def test_ok_image_writes_every_view_and_a_valid_record(tmp_path):
     img, mask = _images()
     (tmp_path / "sub-07/ses-M0/anat").mkdir(parents=True)
     (tmp_path / "sub-07/ses-M0/anat/m_mask.nii.gz").write_bytes(b"x")
-    rec = write_image_qc(tmp_path, source_relpath=SRC, task="lesion_ms", model_release="r1", demo=False,
-                         runtime_s=2.0, image=img, mask=mask,
-                         outputs={"mask": "sub-07/ses-M0/anat/m_mask.nii.gz",
-                                  "probseg": "sub-07/ses-M0/anat/m_probseg.nii.gz"})
+    job = QcJob(SRC, "lesion_ms", "r1", False, runtime_s=2.0,
+                outputs={"mask": "sub-07/ses-M0/anat/m_mask.nii.gz",
+                         "probseg": "sub-07/ses-M0/anat/m_probseg.nii.gz"})
+    rec = write_image_qc(tmp_path, job, image=img, mask=mask)
     names = qc_names(SRC, "lesion_ms")
     on_disk = json.loads((tmp_path / names["record"]).read_text())
     record_validator().validate(on_disk)
@@ -40,8 +40,8 @@ def test_ok_image_writes_every_view_and_a_valid_record(tmp_path):
 
 
 def test_failed_image_gets_a_failed_record_and_no_pictures(tmp_path):
-    rec = write_image_qc(tmp_path, source_relpath=SRC, task="lesion_ms", model_release=None, demo=True,
-                         runtime_s=0.1, error="sub-07_ses-M0_T2w.nii.gz: not a NIfTI file")
+    rec = write_image_qc(tmp_path, QcJob(SRC, "lesion_ms", None, True, runtime_s=0.1),
+                         error="sub-07_ses-M0_T2w.nii.gz: not a NIfTI file")
     assert (rec["status"], rec["error"], rec["lesions"], rec["figures"]) == \
         ("failed", "sub-07_ses-M0_T2w.nii.gz: not a NIfTI file", None, {})
     assert sorted(p.name for p in (tmp_path / "sub-07/figures").iterdir()) == \
@@ -51,7 +51,7 @@ def test_failed_image_gets_a_failed_record_and_no_pictures(tmp_path):
 def test_picture_failure_keeps_the_image_ok(tmp_path):
     img, mask = _images()
     cord = nib.Nifti1Image(np.zeros((3, 3, 3), np.uint8), np.eye(4))          # wrong grid: cannot draw
-    rec = write_image_qc(tmp_path, source_relpath=SRC, task="lesion_ms", model_release="r1", demo=False,
-                         runtime_s=1.0, image=img, mask=mask, cord=cord)
+    rec = write_image_qc(tmp_path, QcJob(SRC, "lesion_ms", "r1", False, runtime_s=1.0), image=img, mask=mask,
+                         cord=cord)
     assert rec["status"] == "ok" and rec["lesions"]["count"] == 1
     assert rec["figures"] == {} and "cord mask shape" in rec["qc_error"]

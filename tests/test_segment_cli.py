@@ -81,7 +81,7 @@ def test_cli_in_process_las(folder, inputs, tmp_path, tta):
 @pytest.mark.parametrize("argv,code,message", [
     ([], 64, "required"),
     (["-i", "{img}", "-t", "lesion_ms", "-o", "{tmp}/out.png"], 64, "must end with .nii or .nii.gz"),
-    (["-i", "{img}", "-t", "no_such_task", "-o", "{tmp}/o.nii.gz"], 64, "unknown model task"),
+    (["-i", "{img}", "-t", "no_such_task", "-o", "{tmp}/o.nii.gz"], 64, "unknown task"),
     (["-i", "{img}", "-t", "{model}", "-o", "{tmp}/o.nii.gz", "--folds", "x"], 64, "fold must be"),
     (["-i", "{img}", "-t", "{model}", "-o", "{img}"], 64, "equals the input"),
     (["-i", "{tmp}/missing.nii.gz", "-t", "{model}", "-o", "{tmp}/o.nii.gz"], 66, "no such file"),

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 from scipy import ndimage
 
+from ..derivatives import QC_VIEWS
 from ..orientation import to_orientation
 from . import layout
 
@@ -33,7 +34,7 @@ SAGITTAL_MIN_PX = 160          # shortest height of one sagittal panel
 THUMB_PX = 112
 PERCENTILES = (1.0, 99.5)      # intensity window, robust to a few bright voxels (fat, vessels)
 
-VIEWS = ("axial", "axialoverlay", "sagittal", "sagittaloverlay", "thumb")
+VIEWS = QC_VIEWS  # their names are made with every other per-image name (derivatives.image_names)
 
 
 @lru_cache(maxsize=4)
