@@ -46,16 +46,28 @@ def load_image(path: str | Path) -> nib.Nifti1Image:
     Raises :class:`InputImageError` with a one-line message ``"<path>: <reason>"``.
     """
     path = Path(path)
-    _check_file(path)
-    header_img = _load_header(path)
+    header_img = read_header(path)
     shape = _checked_shape(path, header_img)
-    _check_geometry(path, header_img)
     data = _read_voxels(path, header_img).reshape(shape)
     _check_values(path, data)
     header = header_img.header.copy()
     header.set_data_dtype(np.float32)
     header.set_slope_inter(1.0, 0.0)  # data are already scaled
     return type(header_img)(data, header_img.affine, header)
+
+
+def read_header(path: str | Path) -> nib.Nifti1Image:
+    """The file and header checks of :func:`load_image`, without reading any voxel: the returned image
+    is nibabel's proxy (shape, header, affine), for guards that decide before any work (``guards``).
+
+    Raises :class:`InputImageError` with a one-line message ``"<path>: <reason>"``.
+    """
+    path = Path(path)
+    _check_file(path)
+    header_img = _load_header(path)
+    _checked_shape(path, header_img)
+    _check_geometry(path, header_img)
+    return header_img
 
 
 def max_voxels() -> int:
