@@ -107,3 +107,24 @@ def test_the_checks_see_the_package():
     # a check that finds nothing must fail: the graph holds the known edges
     assert "bidsapp.tasks" in GRAPH["bidsapp.pipelines"] and "bidsapp.pipelines" in GRAPH["bidsapp.runner"]
     assert any(lines > 20 for _, lines, _ in _functions())
+
+
+# what a requirement is imported as, when not its own name; and the ones used without an import
+IMPORT_NAMES = {"dynamic-network-architectures": "dynamic_network_architectures", "pybids": "bids",
+                "pillow": "PIL", "bids-validator-deno": None, "bids-validator": None}
+NOT_IMPORTED = {"bids-validator-deno": "an executable (validation.py runs it)",
+                "bids-validator": "pybids' own dependency, pinned for reproducible installs"}
+
+
+def test_every_runtime_requirement_is_used():
+    lines = (ROOT.parent / "requirements.txt").read_text().splitlines()
+    pinned = [line.split("==")[0].strip() for line in lines if "==" in line and not line.startswith("#")]
+    imported = {alias.name.split(".")[0] for tree in TREES.values() for node in ast.walk(tree)
+                if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for tree in TREES.values() for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+    unused = [req for req in pinned if req not in NOT_IMPORTED
+              and IMPORT_NAMES.get(req, req.replace("-", "_")) not in imported]
+    assert not unused, f"pinned but imported nowhere in bidsapp/: {unused}"
+    assert "monai" not in imported and "nnunetv2" not in imported  # the engine is ours; nnunetv2 is test-only
+    assert (ROOT / "validation.py").read_text().count("bids-validator-deno") > 0
