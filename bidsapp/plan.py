@@ -309,7 +309,7 @@ def describe_dataset(bids_dir: str | Path) -> str:
     for anat in [*bids_dir.glob("sub-*/anat"), *bids_dir.glob("sub-*/ses-*/anat")]:
         for f in anat.iterdir():
             if f.name.endswith(_NII):
-                suffixes.add(f.name.split(".", 1)[0].rsplit("_", 1)[-1])
+                suffixes.add(parse_name(f.name).suffix)
     return (f"subjects: {_shorten(subjects)}; sessions: {_shorten(sessions) or 'none'}; "
             f"anat NIfTI suffixes: {', '.join(sorted(suffixes)) or 'none'}")
 
