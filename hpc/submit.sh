@@ -5,7 +5,8 @@
 #
 # 1. On this (login) node: `run.py BIDS_DIR OUTPUT_DIR participant --dry-run [options]` through the same
 #    image: BIDS validation (once for the whole dataset, unless --skip_bids_validator), options, models.
-#    Nothing is submitted if it fails.
+#    Nothing is submitted if it fails, nor when no node could ever run the jobs as requested (sbatch
+#    --test-only; else they would pend forever).
 # 2. The array: one task per participant (all of them, or those of --participant-label, which becomes
 #    the array's task list: each task still gets its own participant). Tasks skip the validation.
 # 3. The group job, --dependency=afterany: it runs when every task has ended, failed ones included, and
@@ -83,6 +84,22 @@ read -ra extra <<< "${SBATCH_EXTRA:-}"
 read -ra array_opts <<< "${CORDLESION_ARRAY_SBATCH:-}"
 read -ra group_opts <<< "${CORDLESION_GROUP_SBATCH:-}"
 spec=$(IFS=,; echo "${tasks[*]}")
+
+# A request no node of the partition can meet (e.g. 4 CPUs on 2-CPU nodes) is accepted by sbatch and then
+# pends forever (Reason=PartitionConfig): ask sbatch --test-only first, say which setting to change.
+fits() {  # $1 = the variable that sets these resources, $2 = the job script, then its sbatch options
+    local var=$1 script=$2 answer
+    shift 2
+    if ! answer=$(sbatch --test-only "$@" "$script" "$bids_dir" "$out_dir" 2>&1); then
+        echo "cordlesion: no node can run $(basename "$script") as requested (sbatch --test-only: $answer):" \
+             "set $var (e.g. \"--cpus-per-task=2 --mem=8G\") or SBATCH_EXTRA (--partition=...)" >&2
+        exit 69
+    fi
+}
+fits CORDLESION_ARRAY_SBATCH "$here/cordlesion_array.sbatch" ${extra[@]+"${extra[@]}"} \
+    ${array_opts[@]+"${array_opts[@]}"} --array="$spec"
+fits CORDLESION_GROUP_SBATCH "$here/cordlesion_group.sbatch" ${extra[@]+"${extra[@]}"} \
+    ${group_opts[@]+"${group_opts[@]}"}
 # --parsable prints "jobid" or "jobid;cluster".
 array_id=$(sbatch --parsable ${extra[@]+"${extra[@]}"} ${array_opts[@]+"${array_opts[@]}"} \
     --array="$spec%${CORDLESION_MAX_PARALLEL:-50}" \

@@ -109,6 +109,10 @@ def _fake_submission(tmp_path: Path, check_exit: int = 0) -> dict[str, str]:
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "sbatch").write_text('#!/bin/bash\n'
+                                 'if [[ $1 == --test-only ]]; then echo "$*" >> "$SBATCH_LOG.test"\n'
+                                 '  [[ -z ${TOO_BIG:-} || $* != *$TOO_BIG* ]] && exit 0\n'
+                                 '  echo "allocation failure: node configuration not available" >&2\n'
+                                 '  exit 1; fi\n'
                                  'echo "$* | EXPECTED=${CORDLESION_EXPECTED:-}" >> "$SBATCH_LOG"\n'
                                  'n=$(wc -l < "$SBATCH_LOG"); echo "$((4000 + n));clusterA"\n')
     (fake / "app").write_text(f'#!/bin/bash\necho "$*" >> "$APP_LOG"\nexit {check_exit}\n')
@@ -135,6 +139,20 @@ def test_submit_checks_once_then_chains_the_group_job_after_any_end(tmp_path):
     assert group_call == (f"--parsable --account=lab1 --mem=1G --dependency=afterany:4001 {GROUP} {bids} "
                           f"{out} | EXPECTED=01 02 03")
     assert "array job 4001" in proc.stdout and "group job 4002" in proc.stdout
+    # both requests were first tried with --test-only, as they will be submitted
+    assert (tmp_path / "log.test").read_text().splitlines() == [
+        f"--test-only --account=lab1 --cpus-per-task=2 --mem=3G --array=1,2,3 {ARRAY} {bids} {out}",
+        f"--test-only --account=lab1 --mem=1G {GROUP} {bids} {out}"]
+
+
+def test_submit_refuses_a_request_no_node_can_meet(tmp_path):
+    """sbatch accepts 4 CPUs on 2-CPU nodes and the job pends forever: submit.sh asks --test-only first."""
+    env = _fake_submission(tmp_path) | {"TOO_BIG": "--cpus-per-task=2"}
+    proc = subprocess.run(["bash", str(SUBMIT), str(tmp_path / "bids"), str(tmp_path / "out")], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 69
+    assert "cordlesion_array.sbatch as requested" in proc.stderr and "CORDLESION_ARRAY_SBATCH" in proc.stderr
+    assert not (tmp_path / "log").exists(), "nothing may be submitted"
 
 
 @pytest.mark.parametrize("labels", [["--participant-label", "03", "sub-01"], ["--participant_label=03",

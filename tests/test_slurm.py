@@ -240,3 +240,15 @@ def test_participant_labels_choose_the_tasks_and_each_task_keeps_its_participant
         assert _dice(_mask(out, label), truth[label]) > DICE_FLOOR
     assert sorted(p.name for p in out.glob("sub-*")) == ["sub-01", "sub-04"]
     assert cluster.states(group_id) == {"": ("COMPLETED", "0:0")}
+
+
+def test_a_request_no_node_can_meet_is_refused_not_left_pending(cluster, dataset, tmp_path):
+    """More CPUs than the node has: sbatch itself would accept it and leave it pending forever."""
+    bids, _ = dataset
+    cpus = f"--cpus-per-task={os.cpu_count() + 1}"
+    extra = {"CORDLESION_CMD": f"{sys.executable} {ROOT / 'run.py'}", "CORDLESION_ARRAY_SBATCH": cpus}
+    proc = cluster.run("bash", str(SUBMIT), str(bids), str(tmp_path / "out"), "--demo",
+                       "--skip_bids_validator", cwd=tmp_path, extra=extra, timeout=300)
+    assert proc.returncode == 69, proc.stdout + proc.stderr
+    assert "CORDLESION_ARRAY_SBATCH" in proc.stderr and "not available" in proc.stderr
+    assert cluster.run("squeue", "-h").stdout.strip() == ""
