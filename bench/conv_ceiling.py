@@ -1,7 +1,7 @@
 """How much faster than nnU-Net can ANY engine be on the same windows? The convolution floor.
 
     .venv/bin/python bench/conv_ceiling.py [--threads 2] [--patch 32 128 128] [--reps 3]
-        [--out bench/conv_ceiling.json]
+        [--precision fp32|bf16] [--layers] [--out bench/conv_ceiling.json]
 
 Both engines run the same convolutions (oneDNN's, through torch) on the same windows; what an engine
 can change is everything around them. This script takes the ResEnc-L-like network of
@@ -19,6 +19,13 @@ bench/engine_vs_nnunet.py at the given patch and, for one window:
 
 Min over ``--reps`` repetitions after a warm-up. Each engine's figures come from the same process and
 threads, one after the other.
+
+``--precision bf16``: our network runs as the engine runs it natively in bf16 (convolution weights
+bf16 channels-last, bf16 input, ``torch.autocast``), with torch's own bf16 kernels whatever the CPU
+(so on a CPU without bf16 dot products this measures torch's fallback, not the engine's emulation,
+and takes minutes per window); nnU-Net's stays float32, its CPU mode. ``--layers`` times single
+``Conv3d`` layers of nnU-Net sizes instead (issue 16's examples), channels-last, float32 vs bfloat16.
+The CPU's flags and torch's capability are recorded: machines differ.
 """
 from __future__ import annotations
 
@@ -92,6 +99,42 @@ def profile(net, x, reps: int) -> dict:
     return {"wall_s": round(wall, 3), "conv_share": round(share, 3), "conv_s": round(wall * share, 3)}
 
 
+#: (in = out channels, spatial shape) of single-layer timings: issue 16's examples
+LAYERS = ((32, (32, 128, 128)), (128, (8, 32, 32)), (320, (4, 8, 8)))
+
+
+def layer_timings(reps: int) -> list[dict]:
+    """One 3x3x3 Conv3d per :data:`LAYERS` entry, batch 1, channels-last: min seconds in float32 and in
+    bfloat16 (weights and input bf16), and the ratio."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for ch, shape in LAYERS:
+            conv = torch.nn.Conv3d(ch, ch, 3, padding=1).to(memory_format=torch.channels_last_3d)
+            x = torch.randn(1, ch, *shape).contiguous(memory_format=torch.channels_last_3d)
+            row = {"channels": ch, "shape": list(shape)}
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+                c, xi = conv.to(dtype), x.to(dtype)
+                c(xi)
+                best = min((lambda t0: (c(xi), time.perf_counter() - t0)[1])(time.perf_counter())
+                           for _ in range(reps))
+                row[f"{name}_s"] = round(best, 4)
+            row["bf16_over_fp32"] = round(row["bf16_s"] / row["fp32_s"], 2)
+            print(json.dumps(row), flush=True)
+            out.append(row)
+    return out
+
+
+def bf16_network(net):
+    """``net`` as the engine runs it natively in bf16: convolutions bf16, the rest float32."""
+    import torch
+
+    from bidsapp.engine.precision import convert_convolutions
+
+    return convert_convolutions(net, torch.bfloat16)
+
+
 def matmul_gflops(threads: int, n: int = 4096, reps: int = 3) -> float:
     import torch
 
@@ -107,24 +150,40 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--patch", nargs=3, type=int, default=[32, 128, 128])
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="our network's precision")
+    p.add_argument("--layers", action="store_true", help="time single Conv3d layers, fp32 vs bf16, only")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "conv_ceiling.json")
     args = p.parse_args(argv)
+    import contextlib
+
     import torch
 
     from bidsapp.engine.network import instance_norms_as_group_norms
+    from bidsapp.engine.precision import cpu_features
 
     torch.set_num_threads(args.threads)
+    if args.layers:
+        res = {"threads": args.threads, "cpu_count": os.cpu_count(), "cpu": cpu_features().describe(),
+               "torch": torch.__version__, "layers": layer_timings(args.reps)}
+        args.out.write_text(json.dumps(res, indent=2) + "\n")
+        return 0
     net = build(args.patch)
     one = torch.randn(1, 1, *args.patch)
     flops = conv_flops(net, one)  # per window
     nnunet = profile(net, one, args.reps)  # nnunetv2: InstanceNorm3d, NCDHW, one window per pass
     ours_net = instance_norms_as_group_norms(net).to(memory_format=torch.channels_last_3d)
     two = torch.randn(2, 1, *args.patch).contiguous(memory_format=torch.channels_last_3d)
-    ours = profile(ours_net, two, args.reps)
+    autocast = contextlib.nullcontext()
+    if args.precision == "bf16":
+        ours_net, two = bf16_network(ours_net), two.to(torch.bfloat16)
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+    with autocast:
+        ours = profile(ours_net, two, args.reps)
     ours = {k: (round(v / 2, 3) if k != "conv_share" else v) for k, v in ours.items()}  # per window
     peak = matmul_gflops(args.threads)
     res = {
         "threads": args.threads, "patch": args.patch, "cpu_count": os.cpu_count(),
+        "cpu": cpu_features().describe(), "precision_ours": args.precision, "precision_nnunet": "fp32",
         "conv_gflop_per_window": round(flops / 1e9, 1),
         "nnunet_per_window": nnunet, "ours_per_window": ours,
         "conv_gflops_ours": round(flops / 1e9 / ours["conv_s"], 1),

@@ -111,7 +111,7 @@ def _ours(folder: Path, args):
     levers = Levers(batch_size=1, channels_last=False, fast_norm=False) if args.baseline else None
     pred = NnUNetPredictor(NnUNetModel.load(folder), device="cpu", precision=args.precision, levers=levers)
     if args.compile:
-        pred.network = torch.compile(pred.network)
+        pred.network.compile()  # in place: the state-dict keys stay the same for fold switches
 
     def predict(image):
         return pred.predict(image)
