@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, tasks
+from . import __version__, guards, tasks
 from .argtypes import Parser, flatten_folds, folds, positive_int
 from .errors import EXIT, ConfigError, CordlesionError, ModelError, OutputError
+from .pool import Interrupted, stop_on_signals
 from .settings import CROP_HELP, Settings, default_omp_nthreads
 
 log = logging.getLogger("bidsapp")
@@ -77,6 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", "--dry_run", action="store_true",
                      help="print the plan (inputs, tasks, models, outputs, up to date or not) and stop")
     run.add_argument("--verbose", action="count", default=0, help="more log output (repeat for debug)")
+    res = p.add_argument_group("resource limits")
+    res.add_argument("--mem", "--mem_mb", "--mem-mb", type=guards.mem_arg, metavar="SIZE",
+                     help="memory the workers share, e.g. 8G, 8000MB (a bare number is MB); an image whose "
+                     "estimate exceeds a worker's share is refused before any work (default: the SLURM "
+                     "allocation, the cgroup limit, or the available memory)")
+    res.add_argument("--image-timeout", "--image_timeout", type=guards.seconds_arg, metavar="SECONDS",
+                     help="seconds one image may take; its worker is then killed, the image fails and the "
+                     "others go on (default: no limit)")
+    res.add_argument("--allow-unusual-geometry", "--allow_unusual_geometry", action="store_true",
+                     help="accept voxel sizes, field of view and shape outside what spinal cord MRI has "
+                     "(0.1-10 mm voxels, FOV <= 800 mm, <= 2048 voxels per axis) with a warning")
     return p
 
 
@@ -89,10 +101,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     _setup_logging(args.verbose)
     try:
-        return _run(args)
+        with stop_on_signals():  # SIGTERM (SLURM's time limit, scancel) and Ctrl-C: Interrupted
+            return _run(args)
     except _Exit as exc:
         log.error("%s", exc.message)
         return exc.code
+    except Interrupted as exc:
+        _log_interrupted(exc)
+        return exc.exit_code
     except KeyboardInterrupt:  # Ctrl-C / SIGINT: outputs are atomic, so finished images are complete
         log.error("interrupted: stopped; finished images are kept, re-run the same command to do the rest")
         return EXIT["interrupted"]
@@ -213,7 +229,8 @@ def _settings(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -> Set
         tta=args.tta, folds=flatten_folds(args.folds),
         crop=tasks.CROP_DEFAULT if args.crop is None else args.crop, overwrite=args.overwrite,
         dry_run=args.dry_run,
-        skip_bids_validator=args.skip_bids_validator)
+        skip_bids_validator=args.skip_bids_validator, mem=args.mem, image_timeout=args.image_timeout,
+        allow_unusual_geometry=args.allow_unusual_geometry)
 
 
 def _prepare_environment(work: Path, settings: Settings) -> None:
@@ -308,6 +325,15 @@ def format_plan(items: Sequence[Any], settings: Settings) -> str:
             if key in job.outputs:
                 lines.append(f"    -> {job.outputs[key]}")
     return "\n".join(lines)
+
+
+def _log_interrupted(exc: Interrupted) -> None:
+    """What was done before the signal, and how to finish (outputs are atomic: none is partial)."""
+    if exc.summary is not None:
+        _log_summary(exc.summary)
+    left = f"{exc.not_done} image(s) not done; " if exc.not_done else ""
+    log.error("interrupted by %s: stopped, workers ended; %sfinished images are kept, re-run the same "
+              "command to do the rest", exc.name, left)
 
 
 def _log_summary(summary: Any) -> None:

@@ -13,6 +13,7 @@ import errno
 import functools
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -165,11 +166,15 @@ def _plan(name: str, path: str, folds: tuple | None) -> ModelPlan:
 
 
 def task_plans(models: Mapping[str, Any], folds: Sequence[int | str] | None = None) -> list[ModelPlan]:
-    """The plans of a job's models (``name -> LocatedModel`` or folder/file), read once per process."""
+    """The plans of a job's models (``name -> LocatedModel`` or folder/file), read once per process. A
+    model whose plans cannot be read is left out of the estimate (its own loading reports the error)."""
     out = []
     for name, located in models.items():
         path = str(getattr(located, "path", located))
-        out.append(_plan(name, path, tuple(folds) if folds is not None else None))
+        try:
+            out.append(_plan(name, path, tuple(folds) if folds is not None else None))
+        except (ModelError, OSError) as exc:
+            log.debug("%s: no memory estimate for this model (%s)", name, exc)
     return out
 
 
@@ -288,6 +293,30 @@ def parse_memory(text: str) -> int:
     if not m or float(m.group(1)) <= 0:
         raise ValueError(f"{text!r} is not a memory size (e.g. 8G, 8GB, 8000MB; a bare number is MB)")
     return int(float(m.group(1)) * _MEM_UNITS[m.group(2).upper()])
+
+
+def mem_arg(text: str) -> str:
+    """argparse ``type=`` for ``--mem``: the text itself once :func:`parse_memory` accepts it."""
+    import argparse
+
+    try:
+        parse_memory(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return str(text).strip()
+
+
+def seconds_arg(text: str) -> float:
+    """argparse ``type=`` for ``--image-timeout``: a positive number of seconds."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
 
 
 @dataclass(frozen=True)
@@ -478,6 +507,6 @@ def _raised_in(exc: BaseException, package: str) -> bool:
 
 __all__ = ["ALLOW_UNUSUAL_FLAG", "GeometryLimits", "LIMITS", "ModelPlan", "MemoryEstimate", "MemoryBudget",
            "plausibility", "check_geometry", "nnunet_plan", "legacy_plan", "task_plans", "model_grid",
-           "estimate_memory", "check_image",
+           "estimate_memory", "check_image", "mem_arg", "seconds_arg",
            "parse_memory", "memory_budget", "check_memory", "check_model_grids", "image_guards",
            "format_bytes", "failure_reason"]

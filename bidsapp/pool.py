@@ -17,6 +17,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,11 +33,13 @@ class Interrupted(BaseException):
     """SIGTERM or SIGINT arrived: stop, clean up, report. A BaseException, as KeyboardInterrupt is, so
     that no ``except Exception`` around one image's work takes it for that image's failure."""
 
-    def __init__(self, signum: int, summary: Any = None) -> None:
+    def __init__(self, signum: int, summary: Any = None, not_done: int = 0) -> None:
         super().__init__(signum)
         self.signum = int(signum)
         self.summary = summary
         """What was done before the signal (set by the runner)."""
+        self.not_done = not_done
+        """Items neither done nor failed when the signal came (set by the runner)."""
 
     @property
     def name(self) -> str:
@@ -56,6 +59,9 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
 def stop_on_signals(signals: Sequence[int] = STOP_SIGNALS) -> Iterator[None]:
     """Within the block (main thread only) the signals raise :class:`Interrupted`; the previous
     handlers come back after it."""
+    if threading.current_thread() is not threading.main_thread():  # signal.signal works there only
+        yield
+        return
     previous = {s: signal.signal(s, _raise_interrupted) for s in signals}
     try:
         yield
@@ -165,6 +171,9 @@ def _collect(workers: list[_Worker], on_done: Callable[[Any, Any], None],
             item = worker.item
             workers.remove(worker)
             worker.conn.close()
+            if worker.process.exitcode in (128 + signal.SIGTERM, -signal.SIGTERM):
+                # SIGTERM from outside: a scheduler signals every process of the job; the run stops too
+                raise Interrupted(signal.SIGTERM)
             on_lost(item, f"died (exit {worker.process.exitcode})")
 
 

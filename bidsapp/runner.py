@@ -6,10 +6,10 @@ per worker (the pipelines cache them), so a worker reuses its models across imag
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
+import dataclasses
+import functools
 import io
 import logging
-import multiprocessing
 import os
 import sys
 import time
@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__, derivatives, pipelines, tasks
+from . import __version__, derivatives, guards, pipelines, pool, tasks
 from .errors import CordlesionError, InputImageError
 from .plan import Job
 from .settings import Settings
@@ -36,6 +36,8 @@ class WorkItem:
     models: Mapping[str, Any]
     state: Mapping[str, Any] | None
     up_to_date: bool = False
+    budget: guards.MemoryBudget | None = None
+    """The memory one worker may use (set by ``run_jobs``: the run's budget over the workers at once)."""
 
 
 @dataclass(frozen=True)
@@ -161,14 +163,11 @@ def run_one(item: WorkItem, settings: Settings) -> JobResult:
         _process(item, settings, start)
     except Exception as exc:  # isolation: one bad image must not stop the others
         status = "failed"
-        message = str(exc) if isinstance(exc, CordlesionError) else f"{job.source.path}: {exc!r}"
-        if isinstance(exc, CordlesionError):
-            # An expected refusal (bad image, model error): the console gets the one FAILED line of the
-            # progress report; the traceback goes to this image's log only.
-            capture.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s failed: %s\n%s",
-                                          (job.name, message, traceback.format_exc()), None))
-        else:  # a bug: show the traceback everywhere
-            log.error("%s failed: %s\n%s", job.name, message, traceback.format_exc())
+        # a sentence, never a foreign exception's text: the console gets the one FAILED line of the
+        # progress report; the traceback goes to this image's log only
+        message = guards.failure_reason(exc, job.source.path)
+        capture.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s failed: %s\n%s",
+                                      (job.name, message, traceback.format_exc()), None))
         _write_qc(item, settings, start, error=message)
     finally:
         root.removeHandler(capture)
@@ -191,6 +190,7 @@ def _process(item: WorkItem, settings: Settings, start: float) -> None:
     job = item.job
     spec = tasks.get(job.task)
     check_source(job.source.path, job.source.relpath)
+    _guard(item, settings)
     img = load_image(job.source.path)
     state = item.state if item.state is not None else job_state(job, settings, item.models)
     result = pipelines.segment(img, task=spec, models=item.models, options=run_options(settings))
@@ -202,6 +202,17 @@ def _process(item: WorkItem, settings: Settings, start: float) -> None:
         provenance=provenance))
     _write_qc(item, settings, start, result=(img, result, stats))
     log.info("%s: %d lesion(s), %.1f mm3", job.name, stats.count, stats.total_mm3)
+
+
+def _guard(item: WorkItem, settings: Settings) -> None:
+    """Before any voxel is read: a plausible header, a grid on every model, memory within the budget."""
+    from .imaging import read_header
+
+    path = item.job.source.path
+    estimate = guards.check_image(path, read_header(path), guards.task_plans(item.models, settings.folds),
+                                  budget=item.budget, allow_unusual=settings.allow_unusual_geometry)
+    log.info("%s: memory estimate %s (peak at the %s model's grid %s)", path,
+             guards.format_bytes(estimate.total_bytes), estimate.model, "x".join(map(str, estimate.grid)))
 
 
 def _provenance(result: pipelines.SegmentationResult, stats: Any, state: Mapping[str, Any],
@@ -263,7 +274,11 @@ def _write_log(settings: Settings, job: Job, text: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- pool
 def run_jobs(items: Sequence[WorkItem], settings: Settings) -> RunSummary:
-    """Run every item that is not up to date; progress on a terminal, log lines otherwise."""
+    """Run every item that is not up to date; progress on a terminal, log lines otherwise.
+
+    In worker processes when ``--nprocs`` > 1 or ``--image-timeout`` is set (a worker can be killed),
+    else in this process. On SIGTERM / SIGINT (``pool.stop_on_signals``) the :class:`pool.Interrupted`
+    raised here carries the summary of what was done."""
     summary = RunSummary([JobResult(i.job.name, i.job.source.relpath, i.job.task, "skipped",
                                     message="up to date", log=i.job.log) for i in items if i.up_to_date])
     todo = [i for i in items if not i.up_to_date]
@@ -271,41 +286,50 @@ def run_jobs(items: Sequence[WorkItem], settings: Settings) -> RunSummary:
         log.info("%d job(s) up to date, skipped (use --overwrite to recompute)", len(summary.results))
     if not todo:
         return summary
+    workers = min(settings.nprocs, len(todo))
+    budget = guards.memory_budget(settings.mem, workers)
+    if budget is not None:
+        log.info("memory: %s", budget.describe())
+    todo = [dataclasses.replace(i, budget=budget) for i in todo]
     report = _progress(len(todo))
     try:
-        if settings.nprocs <= 1 or len(todo) == 1:
+        if workers <= 1 and not settings.image_timeout:
             init_worker(settings.omp_nthreads)
             for item in todo:
                 summary.results.append(report(run_one(item, settings)))
         else:
             _run_pool(todo, settings, lambda r: summary.results.append(report(r)))
+    except pool.Interrupted as exc:
+        exc.summary, exc.not_done = summary, len(items) - len(summary.results)
+        raise
     finally:
         report(None)
     return summary
 
 
 def _run_pool(todo: Sequence[WorkItem], settings: Settings, collect: Callable[[JobResult], None]) -> None:
-    # spawn: no fork of a parent that may hold torch threads or CUDA state.
-    ctx = multiprocessing.get_context("spawn")
-    workers = min(settings.nprocs, len(todo))
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker,
-                                initargs=(settings.omp_nthreads,)) as pool:
-        futures = {pool.submit(run_one, item, settings): item for item in todo}
-        try:
-            for future in cf.as_completed(futures):
-                item = futures[future]
-                try:
-                    collect(future.result())
-                except Exception as exc:  # the worker itself died (killed, out of memory)
-                    message = (f"{item.job.source.path}: worker process died ({type(exc).__name__}: {exc}); "
-                               f"out of memory? try fewer --nprocs")
-                    _write_log(settings, item.job, f"FAILED {message}\n")
-                    collect(JobResult(item.job.name, item.job.source.relpath, item.job.task, "failed",
-                                      message=message, log=item.job.log))
-        except KeyboardInterrupt:
-            for future in futures:
-                future.cancel()
-            raise
+    options = pool.PoolOptions(workers=min(settings.nprocs, len(todo)), timeout_s=settings.image_timeout,
+                               initializer=init_worker, initargs=(settings.omp_nthreads,))
+    pool.run_pool(functools.partial(run_one, settings=settings), todo, options,
+                  on_done=lambda item, result: collect(result),
+                  on_lost=lambda item, why: collect(_lost(item, why, settings)))
+
+
+def _lost(item: WorkItem, why: str, settings: Settings) -> JobResult:
+    """An image whose worker died or ran out of time: a sentence, its log and QC record."""
+    path = item.job.source.path
+    if why == "timeout":
+        limit = f"{settings.image_timeout:g}"
+        message = (f"{path}: stopped after {limit} s (--image-timeout {limit}): its worker was killed, the "
+                   f"other images went on")
+    else:
+        message = (f"{path}: the worker process {why} while segmenting it (killed by the system: out of "
+                   f"memory?); the other images went on; refuse such images up front with --mem, or use "
+                   f"fewer --nprocs")
+    _write_log(settings, item.job, f"FAILED {message}\n")
+    _write_qc(item, settings, time.perf_counter(), error=message)
+    return JobResult(item.job.name, item.job.source.relpath, item.job.task, "failed", message=message,
+                     log=item.job.log)
 
 
 def _progress(total: int) -> Callable[[JobResult | None], JobResult | None]:

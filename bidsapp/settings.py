@@ -62,6 +62,13 @@ class Settings:
     """Print the plan and stop."""
     skip_bids_validator: bool = False
     """Do not validate the input dataset."""
+    mem: str | None = None
+    """``--mem`` as given (``8G``, ``8000MB``; bare number MB): the memory the workers share; None: the
+    SLURM allocation, the cgroup limit or MemAvailable (``guards.memory_budget``)."""
+    image_timeout: float | None = None
+    """``--image-timeout``: seconds one image may take in its worker before the worker is killed."""
+    allow_unusual_geometry: bool = False
+    """``--allow-unusual-geometry``: voxel sizes, field of view, shape outside ``guards.LIMITS`` only warn."""
     version: str = __version__
     """App version that made these settings."""
 
