@@ -66,7 +66,7 @@ def _fmt(args: list[str], dirs: dict[str, Path]) -> list[str]:
     (["{missing}", "{out}", "participant"], 66),
     (["{nodesc}", "{out}", "participant"], 66),
     (["{bids}", "{bids}", "participant"], 73),
-    (["{bids}", "{bids}/derivatives/cordlesion", "participant"], 73),
+    (["{bids}", "{bids}/sourcedata/cordlesion", "participant"], 73),  # derivatives/<name> is the one place allowed
     (["{bids}", "{out}", "participant", "--config", "{badconfig}"], 64),
     (["{bids}", "{out}", "participant", "--config", "{notjson}"], 64),
     (["{bids}", "{out}", "participant", "--config", "{missing}.json"], 64),
@@ -78,7 +78,7 @@ def _fmt(args: list[str], dirs: dict[str, Path]) -> list[str]:
 ])
 def test_exit_codes(dirs, args, code, capsys):
     assert cli.main(_fmt(args, dirs)) == code
-    assert not (dirs["bids"] / "derivatives").exists()
+    assert not (dirs["bids"] / "derivatives").exists() and not (dirs["bids"] / "sourcedata").exists()
 
 
 def test_messages(dirs, capsys):
@@ -91,8 +91,8 @@ def test_messages(dirs, capsys):
     assert cli.main(_fmt(["{invalid}", "{out}", "participant"], dirs)) == 16
     err = capsys.readouterr().err
     assert "NOT_INCLUDED" in err and "sub-01_notbids.txt" in err and "--skip_bids_validator" in err
-    assert cli.main(_fmt(["{bids}", "{bids}/derivatives/x", "participant"], dirs)) == 73
-    assert "inside it" in capsys.readouterr().err
+    assert cli.main(_fmt(["{bids}", "{bids}/x", "participant"], dirs)) == 73
+    assert "inside it but not in derivatives/<name>" in capsys.readouterr().err
 
 
 def test_version(capsys):

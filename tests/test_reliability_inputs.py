@@ -76,19 +76,20 @@ def test_missing_dataset_description(tiny, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("where", [".", "derivatives/cordlesion", "via_symlink"])
+@pytest.mark.parametrize("where", [".", "sub-01/cordlesion", "derivatives", "via_symlink"])
 def test_output_dir_equal_to_or_inside_bids_dir(tiny, tmp_path, capsys, where):
     bids = copy_dataset(tiny, tmp_path / "bids")
     if where == "via_symlink":  # a symlink elsewhere that points into bids_dir is still inside it
-        (tmp_path / "link").symlink_to(bids / "derivatives", target_is_directory=True)
-        (bids / "derivatives").mkdir()
+        (tmp_path / "link").symlink_to(bids / "code", target_is_directory=True)
+        (bids / "code").mkdir()
         out = tmp_path / "link" / "cordlesion"
     else:
         out = bids / where
     before = sorted(p.relative_to(bids).as_posix() for p in bids.rglob("*"))
     code, err = _main([bids, out, "participant", *FAST], capsys)
     assert code == 73
-    assert "output_dir is bids_dir or inside it" in err and f"{bids}-cordlesion" in err
+    assert "output_dir is bids_dir or inside it but not in derivatives/<name>" in err
+    assert f"{bids}-cordlesion" in err
     assert sorted(p.relative_to(bids).as_posix() for p in bids.rglob("*")) == before
 
 
