@@ -18,10 +18,11 @@ import logging
 import sys
 from pathlib import Path
 
-from . import tasks
+from . import guards, tasks
 from .argtypes import Parser, flatten_folds, folds
 from .derivatives import nifti_stem
 from .errors import EXIT
+from .pool import Interrupted, stop_on_signals
 from .settings import CROP_HELP
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -74,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true", help="use the embedded demo models (phantoms only)")
     p.add_argument("--models-dir", type=Path, metavar="DIR", help="where models are installed")
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
+    p.add_argument("--mem", type=guards.mem_arg, metavar="SIZE",
+                   help="memory this may use, e.g. 8G (bare number: MB); an image whose estimate exceeds it "
+                   "is refused before any work (default: SLURM, cgroup or available memory)")
+    p.add_argument("--allow-unusual-geometry", action="store_true",
+                   help="accept voxel sizes, field of view and shape outside what spinal cord MRI has")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -146,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    task, models = args.task_name, args.models
+    task, models = args.task_name, _guard(args)
     img = load_image(args.input)
     options = pipelines.RunOptions(device=args.device, tta=args.tta, folds=flatten_folds(args.folds),
                                    crop=args.crop, ensemble=args.ensemble, models_dir=args.models_dir,
@@ -162,6 +168,22 @@ def run(args: argparse.Namespace) -> int:
     log.info("%s: %d voxels in the mask (%s, %.1f s)", args.output, int(result.mask.dataobj[...].sum()),
              result.provenance.task, time.perf_counter() - start)
     return 0
+
+
+def _guard(args: argparse.Namespace) -> dict:
+    """The BIDS App's header guards before any voxel is read (docs/RELIABILITY.md, section 8): plausible
+    geometry, a grid on every model, memory within ``--mem`` (or the machine's). Returns the task's
+    located models (handed to the pipeline, so they are located and checked once)."""
+    from .imaging import read_header
+    from .models import locate
+
+    given = args.models or {}
+    located = {name: given.get(name) or locate(name, models_dir=args.models_dir, demo=args.demo)
+               for name in tasks.get(args.task_name).models_run(args.crop)}
+    plans = guards.task_plans(located, flatten_folds(args.folds))
+    guards.check_image(args.input, read_header(args.input), plans, budget=guards.memory_budget(args.mem, 1),
+                       allow_unusual=args.allow_unusual_geometry)
+    return located
 
 
 def _write_qc(folder: Path, source: Path, task: str, img, result) -> None:
@@ -190,7 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.ofolder is not None:  # SCT creates -ofolder
             args.ofolder.mkdir(parents=True, exist_ok=True)
         _check_paths(args)
-        return run(args)
+        with stop_on_signals():  # SIGTERM / Ctrl-C: outputs are atomic, none is left partial
+            return run(args)
+    except Interrupted as exc:
+        print(f"{prog}: interrupted by {exc.name}: stopped, no output left partial", file=sys.stderr)
+        return exc.exit_code
     except _Missing as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT["no_input"]

@@ -217,3 +217,21 @@ def test_signal_mid_run_stops_cleanly_and_a_rerun_completes(tmp_path, signum, co
     # an image stopped between its sidecar and its QC record is complete but not up to date: redone
     counts = re.search(r"summary: (\d+) done, (\d+) up to date, 0 failed", rerun.stderr)
     assert counts and 1 <= int(counts[2]) <= len(done) and int(counts[1]) + int(counts[2]) == 5, counts
+
+
+def test_single_image_command_has_the_same_guards(tiny, tmp_path, capsys):
+    from bidsapp import segment
+
+    good = nib.load(str(image_path(tiny, "sub-01", "sag")))
+    coarse, micro = tmp_path / "coarse.nii.gz", tmp_path / "micro.nii.gz"
+    save_nifti(_with_zooms(good, (15.0, 15.0, 15.0)), coarse)
+    save_nifti(_with_zooms(good, (0.001, 0.001, 0.001)), micro)
+    cases = [([coarse], "15 mm is coarser than the 10 mm"),
+             ([coarse, "--allow-unusual-geometry", "--mem", "2G"],
+              "more than the limit (2.0 GB from --mem 2G)"),
+             ([micro, "--allow-unusual-geometry"], "too small to segment")]
+    for (image, *extra), reason in cases:
+        out = tmp_path / "mask.nii.gz"
+        code = segment.main(["lesion_ms", "-i", str(image), "-o", str(out), "--demo", *extra])
+        err = capsys.readouterr().err
+        assert code == 65 and reason in err and str(image) in err and not out.exists(), err
