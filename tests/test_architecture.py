@@ -14,6 +14,7 @@ MAX_LINES, MAX_PARAMS = 60, 8
 # checked for circles.
 FLOORS = {
     "bidsapp": 0, "bidsapp.errors": 0, "bidsapp.orientation": 0, "bidsapp.tasks": 0, "bidsapp.argtypes": 0,
+    "bidsapp.pool": 0,
     "bidsapp.imaging": 1, "bidsapp.metrics": 1, "bidsapp.derivatives": 1, "bidsapp.settings": 1,
     "bidsapp.validation": 1, "bidsapp.engine": 1, "bidsapp.models": 1,
     "bidsapp.legacy": 2, "bidsapp.plan": 2, "bidsapp.qc": 2, "bidsapp.analysis": 2, "bidsapp.guards": 2,
