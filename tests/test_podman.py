@@ -103,6 +103,11 @@ def _torch_wheel() -> Path:
     pytest.skip("no torch-2.13.0+cpu cp311 wheel on disk (pip find-links folders, /opt/wheels)")
 
 
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+        pass  # pip asks for every package here first: 404s are expected
+
+
 @pytest.fixture(scope="module")
 def torch_index(tmp_path_factory: pytest.TempPathFactory):
     """A PEP 503 index of one package on 127.0.0.1 (http.server's folder listing is a valid page)."""
@@ -110,7 +115,7 @@ def torch_index(tmp_path_factory: pytest.TempPathFactory):
     wheel = _torch_wheel()
     (root / "torch").mkdir()
     (root / "torch" / wheel.name).symlink_to(wheel)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler = functools.partial(_QuietHandler, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
