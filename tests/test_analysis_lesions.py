@@ -150,3 +150,22 @@ def test_bad_masks_are_refused_with_the_file_name(tmp_path):
     small = nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), np.eye(4))
     with pytest.raises(InputImageError, match="not on the lesion mask's grid"):
         analyze_lesions(tube.mask, small)
+
+
+def test_participant_outputs_drop_lesions_outside_the_cord_from_the_mask():
+    from bidsapp.analysis.participant import lesion_outputs
+
+    tube = tube_phantom((INSIDE, OUTSIDE))
+    kept = lesion_outputs(tube.mask, tube.cord, drop_outside_cord=True)
+    data = np.asanyarray(kept.mask.dataobj).astype(bool)
+    assert kept.analysis.count == 1 and kept.provenance["LesionTable"]["DroppedLesions"] == 1
+    inside_row = _by_centroid(analyze_lesions(tube.mask, tube.cord), tube)[0]
+    assert data.sum() == np.count_nonzero(lesion_labels(tube.mask) == inside_row.lesion_id)  # kept whole
+    assert not (data & ~np.asanyarray(tube.cord.dataobj).astype(bool)).any()
+    np.testing.assert_array_equal(kept.mask.affine, tube.mask.affine)
+    assert kept.table.splitlines()[1].split("\t")[0] == "1"   # ids of the mask as written
+    same = lesion_outputs(tube.mask, tube.cord)
+    assert same.analysis.count == 2 and same.mask is tube.mask
+    assert same.provenance["LesionTable"]["DropOutsideCord"] is False
+    with pytest.raises(ValueError):
+        lesion_outputs(tube.mask, None, drop_outside_cord=True)
