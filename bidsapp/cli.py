@@ -19,7 +19,7 @@ from . import __version__, guards, tasks
 from .argtypes import Parser, flatten_folds, folds, positive_int
 from .errors import EXIT, ConfigError, CordlesionError, ModelError, OutputError
 from .pool import Interrupted, stop_on_signals
-from .settings import CROP_HELP, Settings, default_omp_nthreads
+from .settings import CROP_HELP, ENSEMBLE_HELP, ENSEMBLES, Settings, default_omp_nthreads
 
 log = logging.getLogger("bidsapp")
 
@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--demo", action="store_true", help="use the small demo models (phantom data only)")
     mod.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower)")
     mod.add_argument("--crop", action=argparse.BooleanOptionalAction, default=None, help=CROP_HELP)
+    mod.add_argument("--ensemble", choices=ENSEMBLES, default=None, help=ENSEMBLE_HELP)
     mod.add_argument("--folds", nargs="+", type=folds, metavar="K",
                      help="nnU-Net folds to ensemble, e.g. 0 1 or 0,1 (default: all in the model)")
     mod.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -227,7 +228,8 @@ def _settings(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -> Set
         work_dir=args.work_dir.absolute() if args.work_dir else None, nprocs=args.nprocs,
         omp_nthreads=args.omp_nthreads or default_omp_nthreads(args.nprocs), device=args.device,
         tta=args.tta, folds=flatten_folds(args.folds),
-        crop=tasks.CROP_DEFAULT if args.crop is None else args.crop, overwrite=args.overwrite,
+        crop=tasks.CROP_DEFAULT if args.crop is None else args.crop, ensemble=args.ensemble,
+        overwrite=args.overwrite,
         dry_run=args.dry_run,
         skip_bids_validator=args.skip_bids_validator, mem=args.mem, image_timeout=args.image_timeout,
         allow_unusual_geometry=args.allow_unusual_geometry)

@@ -5,8 +5,14 @@ on the exact grid of ``img``, with a typed :class:`Provenance`. What a task runs
 class, ensembling, window step, box around the cord) is read from its row of the task table
 (``bidsapp.tasks``); this module only carries the rows out:
 
-- nnU-Net tasks (``lesion_ms``, ``spinalcord``, ``lesion_ms_mp2rage``, ``nnunet``): mask = voxels where
-  the task's class wins (``nnunet``: any foreground class), probseg = its probability;
+- nnU-Net tasks (``lesion_ms``, ``spinalcord``, ``lesion_ms_mp2rage``, ``nnunet``): mask = voxels the
+  task's fold ensemble gives its class (``nnunet``: any foreground class), probseg = its soft map; the
+  ensemble and the post-processing are the row's (``lesion_ms``: SCT 7.3's vote; ``spinalcord``: the
+  largest object, SCT's); every cord mask written or used is the ``spinalcord`` task's own (its window
+  step, its largest object, all folds, no TTA: SCT's ``sct_deepseg spinalcord``);
+- a model folder holding ``crop_metadata.json`` (a release trained on crops) runs on the cord's bounding
+  box padded as the file says (``postprocess.padded_box``; the ``sc_crop`` detector's box when that
+  package is installed), the result put back on the full grid;
 - a task that crops runs ``spinalcord`` first and the task on the box around the cord (its
   :class:`~bidsapp.tasks.BoxRule`): ``windows="image"`` (``lesion_ms``): the image is preprocessed whole
   and only the sliding windows that overlap the box run, so inside the box the result IS the whole
@@ -37,11 +43,18 @@ from . import tasks
 from .engine import NnUNetModel, NnUNetPredictor, resolve_device
 from .errors import ConfigError
 from .imaging import like
+from .models import crop_metadata
+from .postprocess import bounding_box, keep_largest_object, padded_box
 from .tasks import BoxRule, Task
 
 log = logging.getLogger(__name__)
 
-_ARGMAX = "argmax (class with the highest probability wins)"
+_THRESHOLDS = {
+    "logits": "argmax of the mean fold logits (nnU-Net)",
+    "probabilities": "argmax of the mean fold probabilities",
+    "sct": "SCT 7.3: each fold's segmentation (argmax), kept where more than half the folds agree",
+}
+_LARGEST = "; largest 6-connected object kept (SCT spinalcord)"
 
 
 @dataclass(frozen=True)
@@ -58,7 +71,7 @@ class RunOptions:
     """For tasks whose crop is optional (``lesion_ms``): run on the box around the cord. Tasks that
     always crop (``lesion_ms_mp2rage``) ignore it."""
     ensemble: str | None = None
-    """Fold ensembling (``logits``, ``probabilities``); None: the task's rule."""
+    """Fold ensembling (``sct``, ``logits``, ``probabilities``); None: the task's rule."""
     models_dir: Path | None = None
     """Where models are installed, for the names ``models`` lacks."""
     demo: bool = False
@@ -202,12 +215,32 @@ def _run_model(img: nib.Nifti1Image, spec: Task, model: ModelRef, run: _Run, *,
     predictor = get_predictor(model.path, folds=run.folds, device=run.device, tta=run.tta,
                               ensemble=run.ensemble)
     step = spec.tile_step if tile_step is None else tile_step
-    probs = predictor.predict(img, roi=roi, tile_step=step)
+    maps = predictor.predict_maps(img, roi=roi, tile_step=step)
     folds = list(predictor.model.folds)
-    if not spec.class_hints:  # a user's model: any foreground class wins
-        return _Pass(probs.argmax(0) != 0, 1.0 - probs[0], folds)
-    idx = class_index(predictor.model.labels, spec)
-    return _Pass(probs.argmax(0) == idx, probs[idx], folds)
+    if not spec.class_hints:  # a user's model: any foreground class
+        mask, prob = maps.foreground_mask(), maps.foreground_soft()
+    else:
+        idx = class_index(predictor.model.labels, spec)
+        mask, prob = maps.mask(idx), maps.soft[idx]
+    if spec.postprocess == "keep_largest":  # SCT's spinalcord (postprocess.keep_largest_object)
+        mask = keep_largest_object(mask)
+    return _Pass(mask, prob, folds)
+
+
+def _cord(img: nib.Nifti1Image, located: Mapping[str, ModelRef], run: _Run) -> _Pass:
+    """The cord as ``sct_deepseg spinalcord`` makes it: the cord task's own rules (window step, largest
+    object, ensemble), every fold, no TTA, whatever the main task's options; a cord release trained on
+    crops runs on its padded box, found by a first whole-image pass of the same model (or sc_crop)."""
+    spec = tasks.get(tasks.CORD_MODEL)
+    return _cord_pass(img, located[tasks.CORD_MODEL], _Run(run.device, None, False, spec.ensemble))
+
+
+def _cord_pass(img: nib.Nifti1Image, model: ModelRef, run: _Run) -> _Pass:
+    spec = tasks.get(tasks.CORD_MODEL)
+    pads = crop_metadata.read(model.path)
+    if pads is None:
+        return _run_model(img, spec, model, run)
+    return _on_padded_box(img, spec, model, run, pads, lambda: _run_model(img, spec, model, run).mask).task
 
 
 # ---- the box around the cord ------------------------------------------------------------------------
@@ -265,7 +298,7 @@ def touches_box(mask: np.ndarray, box: tuple[slice, ...], shape: Sequence[int]) 
 @dataclass(frozen=True)
 class _Around:
     task: _Pass
-    cord: _Pass
+    cord: _Pass | None  # None: a detector placed the box
     crop: CropResult
 
 
@@ -274,10 +307,7 @@ def _segment_around_cord(img: nib.Nifti1Image, spec: Task, located: Mapping[str,
     """``spinalcord``, then ``spec`` on the box around the cord, on the full grid (zeros outside the box)."""
     rule = spec.crop.box
     assert rule is not None, f"{spec.name}: a task that crops needs a box rule"
-    cord_spec = tasks.get(tasks.CORD_MODEL)
-    # lesion_ms: the cord only places the box, windows at step 1 (no overlap to blend) find it for a
-    # third of the work; the mp2rage model's input IS the crop, so it gets the cord task's own mask
-    cord = _run_model(img, cord_spec, located[tasks.CORD_MODEL], run, tile_step=rule.cord_tile_step)
+    cord = _cord(img, located, run)  # SCT's cord, whatever the task (issue 15: one cord everywhere)
     box = box_around_cord(cord.mask, img.affine, rule)
     model = located[spec.main_model]
     if box is None:
@@ -298,7 +328,78 @@ def _segment_around_cord(img: nib.Nifti1Image, spec: Task, located: Mapping[str,
     return _Around(whole, cord, CropResult([[s.start, s.stop] for s in box], touches))
 
 
+# ---- a release trained on crops (crop_metadata.json) -----------------------------------------------
+def _detector_box(img: nib.Nifti1Image, pads: crop_metadata.CropPadding) -> tuple[slice, ...] | None:
+    """The box of the ``sc_crop`` detector (SCT's development branch: ``sc_crop.detect(img, **pads)``,
+    inclusive ``xmin..zmax`` voxel indices) when that package is installed; None otherwise or when it
+    finds no cord."""
+    import importlib.util
+
+    if importlib.util.find_spec("sc_crop") is None:
+        return None
+    import sc_crop
+
+    try:
+        found = sc_crop.detect(img, **{k: getattr(pads, k.removeprefix("pad_"))
+                                       for k in crop_metadata.PAD_KEYS})
+    except RuntimeError as exc:  # no cord detected
+        log.warning("sc_crop found no cord (%s); using the spinalcord mask's box", exc)
+        return None
+    return tuple(slice(int(found[f"{a}min"]), int(found[f"{a}max"]) + 1) for a in "xyz")
+
+
+def _on_padded_box(img: nib.Nifti1Image, spec: Task, model: ModelRef, run: _Run,
+                   pads: crop_metadata.CropPadding, cord_mask) -> _Around:
+    """``spec``'s model on the box its ``crop_metadata.json`` asks for: the detector's box, else the
+    bounding box of ``cord_mask()`` padded (``postprocess.padded_box``); cut out, segmented, put back
+    on the full grid (zeros outside). No cord: the whole image, with a warning."""
+    box, source, cord = _detector_box(img, pads), "sc_crop", None
+    if box is None:
+        cord = cord_mask()
+        found = bounding_box(cord)
+        if found is None:
+            log.warning("%s: no spinal cord found; segmenting the whole image instead of a crop", spec.name)
+            whole = _run_model(img, spec, model, run)
+            return _Around(whole, _Pass(cord, cord.astype(np.float32), whole.folds), CropResult(None))
+        box, source = padded_box(found, img.affine, img.shape[:3], pads), tasks.CORD_MODEL
+    sub = _run_model(crop_image(img, box), spec, model, run)
+    mask, prob = np.zeros(img.shape[:3], bool), np.zeros(img.shape[:3], np.float32)
+    mask[box], prob[box] = sub.mask, sub.prob
+    touches = touches_box(sub.mask, box, img.shape[:3])
+    if touches:
+        log.warning("%s: the mask touches the crop box %s; it may continue outside it", spec.name,
+                    [[s.start, s.stop] for s in box])
+    cord_pass = _Pass(cord, cord.astype(np.float32), []) if cord is not None else None
+    voxels = [[s.start, s.stop] for s in box]
+    log.info("%s: crop_metadata.json box %s from %s", spec.name, voxels, source)
+    return _Around(_Pass(mask, prob, sub.folds), cord_pass, CropResult(voxels, touches))
+
+
 # ---- entry point ------------------------------------------------------------------------------------
+def _threshold(spec: Task, run: _Run) -> str:
+    rule = _THRESHOLDS.get(run.ensemble, run.ensemble)
+    return rule + (_LARGEST if spec.postprocess == "keep_largest" else "")
+
+
+def _segment_nnunet(img: nib.Nifti1Image, spec: Task, located: dict[str, ModelRef], run: _Run,
+                    options: RunOptions, models: Mapping[str, Any] | None) -> tuple[_Around | None, _Pass]:
+    """The task's own pass: on a crop release's box, on the box around the cord, or on the whole image.
+    Returns (the cord/box part or None, the task's pass)."""
+    pads = crop_metadata.read(located[spec.main_model].path)
+    if pads is not None:
+        if spec.main_model == tasks.CORD_MODEL:  # the cord task itself, with the run's own options
+            return None, _cord_pass(img, located[tasks.CORD_MODEL], run)
+        if tasks.CORD_MODEL not in located:
+            located[tasks.CORD_MODEL] = _resolve(tasks.CORD_MODEL, models, options)
+        around = _on_padded_box(img, spec, located[spec.main_model], run, pads,
+                                lambda: _cord(img, located, run).mask)
+        return around, around.task
+    if spec.crop.applies(options.crop):
+        around = _segment_around_cord(img, spec, located, run)
+        return around, around.task
+    return None, _run_model(img, spec, located[spec.main_model], run)
+
+
 def segment(img: nib.Nifti1Image, *, task: str | Task, models: Mapping[str, Any] | None = None,
             options: RunOptions = RunOptions()) -> SegmentationResult:
     """Segment one image with one task; every output is on the exact grid of ``img``.
@@ -313,17 +414,14 @@ def segment(img: nib.Nifti1Image, *, task: str | Task, models: Mapping[str, Any]
                options.ensemble or spec.ensemble)
     if spec.engine == tasks.ONNX:
         return _segment_legacy(img, spec, located, run)
-    cord, crop = None, None
-    if spec.crop.applies(options.crop):
-        around = _segment_around_cord(img, spec, located, run)
-        out, cord, crop = around.task, around.cord.mask, around.crop
-        folds = {tasks.CORD_MODEL: around.cord.folds, spec.main_model: out.folds}
-    else:
-        out = _run_model(img, spec, located[spec.main_model], run)
-        folds = {spec.main_model: out.folds}
+    around, out = _segment_nnunet(img, spec, located, run, options, models)
+    cord = around.cord.mask if around is not None and around.cord is not None else None
+    folds = {spec.main_model: out.folds}
+    if around is not None and around.cord is not None and around.cord.folds:
+        folds = {tasks.CORD_MODEL: around.cord.folds, **folds}
     provenance = Provenance(task=spec.name, engine="bidsapp.engine.nnunet (torch)", device=run.device,
                             models=located, folds=folds, tta=run.tta, ensemble=run.ensemble,
-                            threshold=_ARGMAX, crop=crop)
+                            threshold=_threshold(spec, run), crop=around.crop if around is not None else None)
     return SegmentationResult(
         mask=like(img, out.mask.astype(np.uint8), np.uint8),
         probseg=like(img, np.clip(out.prob, 0.0, 1.0).astype(np.float32), np.float32),
@@ -333,11 +431,11 @@ def segment(img: nib.Nifti1Image, *, task: str | Task, models: Mapping[str, Any]
 
 def _segment_legacy(img: nib.Nifti1Image, spec: Task, located: Mapping[str, ModelRef],
                     run: _Run) -> SegmentationResult:
-    """The legacy ONNX models (``legacy.py``): the cord from ``spinalcord`` first, for the centreline."""
+    """The legacy ONNX models (``legacy.py``): the cord from ``spinalcord`` first (SCT's: step 0.5, largest
+    object), for the centreline."""
     from .legacy import segment_legacy
 
-    cord_run = _Run(run.device, None, False, tasks.get(tasks.CORD_MODEL).ensemble)
-    cord = _run_model(img, tasks.get(tasks.CORD_MODEL), located[tasks.CORD_MODEL], cord_run)
+    cord = _cord(img, located, run)
     out = segment_legacy(img, task=spec.name, model=located[spec.main_model].path,
                          cord=like(img, cord.mask.astype(np.uint8), np.uint8), device=run.device)
     provenance = Provenance(task=spec.name, engine="onnxruntime", device=run.device, models=located,

@@ -1,8 +1,14 @@
-"""Single-image command, our ``sct_deepseg -i t2.nii.gz -task seg_ms_lesion``.
+"""Single-image command, our ``sct_deepseg lesion_ms -i t2.nii.gz`` (SCT 7: the task is a subcommand).
 
+    python -m bidsapp.segment lesion_ms -i IMAGE [-o MASK] [-qc DIR] [--soft [PROBMAP]]
+    python -m bidsapp.segment spinalcord|lesion_ms_mp2rage|seg_ms_lesion|... -i IMAGE ...
     python -m bidsapp.segment -i IMAGE -t TASK_OR_MODEL_FOLDER -o MASK [--soft PROBMAP] [--tta]
-        [--folds K ...] [--device auto|cpu|cuda] [--demo] [--models-dir DIR]
+        [--folds K ...] [--ensemble sct|logits|probabilities] [--device auto|cpu|cuda] [--demo]
     python -m bidsapp.segment -i t2.nii.gz -c t2|t2_ax|t2s [-ofolder DIR] [-r 0] [-qc DIR]
+
+A first argument that names a task (SCT 7's ``spinalcord``, ``lesion_ms``, ``lesion_ms_mp2rage``, or an
+older SCT name) is the task, as ``-t`` is. ``--soft`` (SCT's ``-soft-ms-lesion``) without a path writes
+the soft map as ``<name>_msLesionSoft.nii.gz`` beside the mask.
 
 Without ``-o`` the mask goes next to the input (or into ``-ofolder``) under SCT's names:
 ``<name>_lesionseg.nii.gz`` for the legacy models (``sct_deepseg_lesion``), ``<name>_lesion_seg.nii.gz``
@@ -23,9 +29,11 @@ from .argtypes import Parser, flatten_folds, folds
 from .derivatives import nifti_stem
 from .errors import EXIT
 from .pool import Interrupted, stop_on_signals
-from .settings import CROP_HELP
+from .settings import CROP_HELP, ENSEMBLE_HELP, ENSEMBLES
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+SOFT_DEFAULT = Path("<default>.nii.gz")  # --soft without a path: SCT's soft-map name, resolved later
+SOFT_SUFFIX = "_msLesionSoft"  # SCT 7.3 deepseg/inference.py segment_nnunet, the soft lesion_ms output
 LEGACY_CONTRASTS = tasks.names(tasks.ONNX)
 
 log = logging.getLogger("bidsapp.segment")
@@ -58,8 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-r", type=int, choices=(0, 1), default=1,
                    help="SCT's 'remove temporary files': -r 0 is --keep-intermediate")
     p.add_argument("-qc", "--qc", type=Path, metavar="DIR", help="write QC pictures (PNG) into DIR")
-    p.add_argument("--soft", type=_nifti_path, metavar="PROBMAP",
-                   help="also write the probability map (float32 in [0, 1])")
+    p.add_argument("--soft", "-soft-ms-lesion", type=_nifti_path, nargs="?", const=SOFT_DEFAULT,
+                   metavar="PROBMAP",
+                   help="also write the soft map (float32 in [0, 1]); without PROBMAP: "
+                        "<name>_msLesionSoft.nii.gz beside the mask (SCT's -soft-ms-lesion name)")
     p.add_argument("--cord", type=_nifti_path, metavar="CORDMASK",
                    help="also write the cord mask the box around the cord came from (lesion_ms_mp2rage; "
                         "lesion_ms unless --no-crop)")
@@ -68,9 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", action=argparse.BooleanOptionalAction, default=None, help=CROP_HELP)
     p.add_argument("--folds", nargs="+", type=folds, metavar="K",
                    help="folds to use, e.g. 0 1 or 0,1 (default: every fold of the model)")
-    p.add_argument("--ensemble", choices=("logits", "probabilities"),
-                   help="fold ensembling: mean of logits (nnU-Net) or of probabilities (SCT); default: the "
-                        "task's rule (logits)")
+    p.add_argument("--ensemble", choices=ENSEMBLES, help=ENSEMBLE_HELP)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--demo", action="store_true", help="use the embedded demo models (phantoms only)")
     p.add_argument("--models-dir", type=Path, metavar="DIR", help="where models are installed")
@@ -105,6 +113,22 @@ def fill_defaults(args: argparse.Namespace) -> None:
         args.output = folder / f"{stem}{spec.sct_output_suffix}.nii.gz"
     if (args.keep_intermediate or args.r == 0) and args.cord is None and spec.name != tasks.CORD_MODEL:
         args.cord = folder / f"{stem}_seg.nii.gz"
+    if args.soft == SOFT_DEFAULT:
+        args.soft = args.output.with_name(f"{nifti_stem(args.output.name)}{SOFT_SUFFIX}.nii.gz")
+
+
+def subcommand_argv(argv: list[str]) -> list[str]:
+    """SCT 7's form ``TASK -i IMAGE ...`` as ``-t TASK -i IMAGE ...`` (a first argument that is a task
+    name or alias; anything else is left to the parser)."""
+    if argv and not argv[0].startswith("-"):
+        from .errors import ConfigError
+
+        try:
+            tasks.canonical(argv[0])
+        except ConfigError:
+            return argv
+        return ["-t", argv[0], *argv[1:]]
+    return argv
 
 
 def resolve_task(value: str) -> tuple[str, dict | None]:
@@ -200,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import ConfigError, CordlesionError, InputImageError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(subcommand_argv(list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     prog = parser.prog

@@ -14,7 +14,14 @@ from . import __version__, tasks
 #: task table's
 CROP_HELP = ("lesion_ms: run spinalcord first, then only the windows that overlap a box around the cord (the "
              "whole image's result inside the box, nothing outside); default: "
-             + ("on (--no-crop: the whole image)" if tasks.CROP_DEFAULT else "off"))
+             + ("on (--no-crop: the whole image)" if tasks.CROP_DEFAULT
+                else "off: the whole image, as SCT 7.3"))
+#: the --ensemble help of both command lines
+ENSEMBLES = ("sct", "logits", "probabilities")
+ENSEMBLE_HELP = ("fold ensembling of the nnU-Net tasks: sct (SCT 7.3: each fold's segmentation, kept where "
+                 "more than half the folds agree; soft map: mean of p where it beats the background), logits "
+                 "(nnU-Net's mean of the fold logits) or probabilities; default: the task's rule "
+                 "(lesion_ms: sct)")
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,8 @@ class Settings:
     crop: bool = tasks.CROP_DEFAULT
     """Tasks whose crop is optional (lesion_ms) run on a box around the cord, spinalcord first
     (``--crop`` / ``--no-crop``, resolved by the CLI; tasks that always crop ignore it)."""
+    ensemble: str | None = None
+    """``--ensemble``: fold ensembling of the nnU-Net tasks (None: each task's rule)."""
     overwrite: bool = False
     """Recompute images whose outputs are up to date."""
     dry_run: bool = False
@@ -80,8 +89,11 @@ class Settings:
         """What changes ``task``'s result besides its input and models (recorded for up-to-date checks):
         the run's settings and the task's rules, with its box around the cord when it crops."""
         spec = tasks.get(task)
+        rules = spec.rules()
+        if self.ensemble is not None and spec.engine == tasks.NNUNET:
+            rules["ensemble"] = self.ensemble
         params = {"tta": self.tta, "folds": list(self.folds) if self.folds is not None else None,
-                  "rules": spec.rules()}
+                  "rules": rules}
         if spec.crop.applies(self.crop) and spec.crop.box is not None:
             params["crop"] = spec.crop.box.to_dict()
         return params

@@ -101,10 +101,13 @@ class Task:
     class_hints: tuple[str, ...] = ()
     """Names of its foreground class in the model's labels; () = any foreground class."""
     ensemble: str = "logits"
-    """Fold ensembling: mean of ``logits`` (nnU-Net) or of ``probabilities``."""
+    """Fold ensembling: ``sct`` (SCT 7.3 ``average_nnunet_predictions``: each fold's segmentation, kept
+    where more than half the folds agree; soft map: mean over folds of p where it beats the background),
+    mean of ``logits`` (nnU-Net) or of ``probabilities``."""
     postprocess: str = "argmax"
-    """How the mask is made: ``argmax`` (the class with the highest probability wins) or
-    ``patch_threshold`` (legacy: SCT's per-patch probability > 0.1)."""
+    """How the mask is made: ``argmax`` (the ensemble's class), ``keep_largest`` (then only the largest
+    6-connected object, values < 0.001 dropped first: SCT 7.3's ``spinalcord``) or ``patch_threshold``
+    (legacy: SCT's per-patch probability > 0.1)."""
     tile_step: float = 0.5
     """Sliding-window step, a fraction of the patch (nnU-Net's 0.5)."""
     crop: CropPolicy = CropPolicy()
@@ -148,10 +151,13 @@ _TABLE: tuple[Task, ...] = (
          contrasts=("T2w", "T2starw", "PSIR", "STIR", "T1w", "UNIT1"),
          routes_from=("T2w", "T2starw", "T2star"), foreign_tag="LesionMS", sct_output_suffix="_lesion_seg",
          class_hints=("lesion",),
-         # inside the box the result is the whole image's whatever the margins: they only say how far
-         # from the cord lesions are looked for (and absorb an under-segmented cord): bench/RESULTS-crop.md
-         crop=CropPolicy("optional", default=True, box=BoxRule(margin_mm=10.0, margin_si_mm=15.0,
-                                                                windows="image", cord_tile_step=1.0))),
+         # SCT 7.3 (scripts/sct_deepseg.py: ensemble=True for lesion_ms): the per-fold vote
+         ensemble="sct",
+         # SCT 7.3 segments the whole image: the box is opt-in (--crop), for speed. Inside it the result is
+         # the whole image's whatever the margins: they only say how far from the cord lesions are looked
+         # for (bench/RESULTS-crop.md); the box comes from the SCT cord (the cord task's own rules)
+         crop=CropPolicy("optional", default=False, box=BoxRule(margin_mm=10.0, margin_si_mm=15.0,
+                                                                 windows="image"))),
     Task("lesion_ms_mp2rage", engine=NNUNET, models=(CORD_MODEL, "lesion_ms_mp2rage"), label="lesion",
          mask_type="Lesion",
          description="MS spinal cord lesions on MP2RAGE UNIT1 (SCT lesion_ms_mp2rage on a cord crop)",
@@ -159,14 +165,19 @@ _TABLE: tuple[Task, ...] = (
          aliases=("seg_ms_lesion_mp2rage",), contrasts=("UNIT1",), routes_from=("UNIT1",), home=("UNIT1",),
          foreign_tag="MP2RAGE", writes_cord=True,
          sct_output_suffix="_lesion_seg", class_hints=("lesion",),
-         # SCT's documented crop: the cord dilated 30 mm in-plane and 5 slices along the cord
-         crop=CropPolicy("always", box=BoxRule(margin_mm=30.0, margin_slices=5, windows="crop"))),
+         # the model's README: the cord dilated 30 mm in-plane and 5 mm along S-I, in physical space (SCT's
+         # literal `sct_crop_image -dilate 30x30x5` counts voxels, right only for 1 mm images); one fold:
+         # SCT's single-model path is that fold's argmax, as the logit "mean" of one fold
+         crop=CropPolicy("always", box=BoxRule(margin_mm=30.0, margin_si_mm=5.0, windows="crop"))),
     Task(CORD_MODEL, engine=NNUNET, models=(CORD_MODEL,), label="SC", mask_type="ROI",
          description="Spinal cord segmented by the SCT contrast-agnostic model",
          summary="SCT contrast-agnostic cord model", sct_name="seg_sc_contrast_agnostic",
          aliases=("seg_sc_contrast_agnostic",),
          contrasts=("T2w", "T2starw", "T1w", "PSIR", "STIR", "UNIT1"), sct_output_suffix="_seg",
-         class_hints=("cord", "sc")),
+         class_hints=("cord", "sc"),
+         # SCT 7.3 scripts/sct_deepseg.py: keep_largest=1 for spinalcord (the model finds islands outside
+         # the cord); window step 0.5 (deepseg/nnunet.py): every cord mask we write or use is this one
+         postprocess="keep_largest", tile_step=0.5),
     _legacy("t2", ("T2w",), "Legacy", "T2"),
     _legacy("t2_ax", ("T2w",), "LegacyAx", ""),
     _legacy("t2s", ("T2starw", "T2star"), "Legacy", "T2s"),

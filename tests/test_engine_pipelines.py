@@ -21,19 +21,20 @@ def test_lesion_ms_outputs_and_provenance(folder):
     img = make_image("las", seed=3)
     res = pipelines.segment(img, task="lesion_ms", models={"lesion_ms": folder},
                             options=RunOptions(device="cpu", crop=False))
-    probs = pipelines.get_predictor(folder, device="cpu").predict(img)
+    # lesion_ms: SCT 7.3's fold vote (issue 15); tests/test_sct_pipelines.py checks it against SCT itself
+    maps = pipelines.get_predictor(folder, device="cpu", ensemble="sct").predict_maps(img)
     for out in (res.mask, res.probseg):
         assert out.shape == img.shape
         np.testing.assert_array_equal(out.affine, img.affine)
         assert int(out.header["sform_code"]) == 2 and int(out.header["qform_code"]) == 1
     mask = np.asanyarray(res.mask.dataobj)
     assert mask.dtype == np.uint8
-    np.testing.assert_array_equal(mask, (probs.argmax(0) == 1).astype(np.uint8))
-    np.testing.assert_allclose(np.asanyarray(res.probseg.dataobj), probs[1], atol=1e-6)
+    np.testing.assert_array_equal(mask, maps.mask(1).astype(np.uint8))
+    np.testing.assert_allclose(np.asanyarray(res.probseg.dataobj), maps.soft[1], atol=1e-6)
     assert res.cord is None
     prov = res.provenance
     assert prov.task == "lesion_ms" and prov.folds == {"lesion_ms": [0, 1]} and prov.tta is False
-    assert prov.ensemble == "logits" and prov.device == "cpu" and prov.crop is None
+    assert prov.ensemble == "sct" and prov.device == "cpu" and prov.crop is None
     assert prov.models["lesion_ms"].path == str(folder)
     # the sidecar's Pipeline block: only what the run's State does not hold (no task, TTA, identities)
     assert prov.to_dict() == {"engine": "bidsapp.engine.nnunet (torch)", "device": "cpu",
@@ -60,7 +61,7 @@ def test_cord_crop_box_margins():
 def test_mp2rage_crops_around_the_cord_and_puts_back(folder, monkeypatch):
     img = make_image("ras", seed=5)
     cord = np.zeros(img.shape, bool)
-    cord[18:22, 16:20, 5:7] = True  # short along S-I: the crop (5 slices margin) leaves slices 12-13 out
+    cord[18:22, 16:20, 5:7] = True  # short along S-I: the crop (5 mm = 2 slices of 3 mm) leaves 6 slices out
     real = pipelines._run_model
     calls = []
 
@@ -74,7 +75,8 @@ def test_mp2rage_crops_around_the_cord_and_puts_back(folder, monkeypatch):
     monkeypatch.setattr(pipelines, "_run_model", fake)
     res = pipelines.segment(img, task="lesion_ms_mp2rage", options=RunOptions(device="cpu", crop=False),
                             models={"spinalcord": folder, "lesion_ms_mp2rage": folder})
-    box = pipelines.cord_crop_box(cord, img.affine)
+    box = pipelines.box_around_cord(cord, img.affine, tasks.get("lesion_ms_mp2rage").crop.box)
+    assert box[2] == slice(3, 9)  # 5 mm along S-I on 3 mm slices: 2 slices each side
     assert calls[0][0] == "spinalcord"
     assert calls[1] == ("lesion_ms_mp2rage", tuple(s.stop - s.start for s in box))
     sub = img.slicer[box]
@@ -87,8 +89,7 @@ def test_mp2rage_crops_around_the_cord_and_puts_back(folder, monkeypatch):
     assert outside.any() and not mask[outside].any() and not prob[outside].any()
     np.testing.assert_array_equal(np.asanyarray(res.cord.dataobj), cord.astype(np.uint8))
     np.testing.assert_array_equal(res.cord.affine, img.affine)
-    # the row's box rule is SCT's recipe, and --no-crop cannot switch off a crop the model was trained on
-    assert box == pipelines.box_around_cord(cord, img.affine, tasks.get("lesion_ms_mp2rage").crop.box)
+    # the row's box rule is the model's recipe; --no-crop cannot switch off a crop the model was trained on
     assert res.provenance.crop.box_voxels == [[s.start, s.stop] for s in box]
     assert list(res.provenance.models) == ["spinalcord", "lesion_ms_mp2rage"]
     assert res.provenance.folds == {"spinalcord": [0], "lesion_ms_mp2rage": [0, 1]}

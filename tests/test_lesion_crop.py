@@ -84,13 +84,13 @@ def test_crop_switch_in_both_parsers_and_parameters(tmp_path: Path):
     assert default.crop is tasks.CROP_DEFAULT is LESION_MS.crop.default
     # off: no key, so sidecars written without the box stay up to date; on: what the box depends on
     assert "crop" not in off.parameters("lesion_ms")
-    assert on.parameters("lesion_ms")["crop"] == {"margin_mm": 10.0, "margin_si_mm": 15.0, "windows": "image",
-                                                  "cord_tile_step": 1.0}
-    assert on.parameters("lesion_ms")["rules"] == {"ensemble": "logits", "postprocess": "argmax",
+    # the box comes from SCT's cord (the cord task's own step): no cord_tile_step of its own (issue 15)
+    assert on.parameters("lesion_ms")["crop"] == {"margin_mm": 10.0, "margin_si_mm": 15.0, "windows": "image"}
+    assert on.parameters("lesion_ms")["rules"] == {"ensemble": "sct", "postprocess": "argmax",
                                                    "tile_step": 0.5}
     # the crop switch means nothing to a task that never crops, and a task that always crops keeps its box
     assert on.parameters("spinalcord") == off.parameters("spinalcord")
-    assert off.parameters("lesion_ms_mp2rage")["crop"] == {"margin_mm": 30.0, "margin_slices": 5,
+    assert off.parameters("lesion_ms_mp2rage")["crop"] == {"margin_mm": 30.0, "margin_si_mm": 5.0,
                                                            "windows": "crop"}
     assert on.to_dict()["crop"] is True and off.to_dict()["crop"] is False
 
