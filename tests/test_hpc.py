@@ -12,6 +12,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,15 @@ def test_container_command_binds_data_read_only(tmp_path):
     assert (tmp_path / "args").read_text().split("\n")[:-1] == [
         "run", "--cleanenv", "-B", f"{tmp_path}:/data:ro", "-B", f"{tmp_path / 'out'}:/out", "/images/c.sif",
         "/data", "/out", "group"]
+    # the check step submit.sh runs once: the same image, a dry run of the whole dataset, no work bind
+    shutil.rmtree(tmp_path / "out")
+    proc = subprocess.run(["bash", str(ARRAY), "--check", str(tmp_path), str(tmp_path / "out"), "--demo"],
+                          env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "args").read_text().split("\n")[:-1] == [
+        "run", "--cleanenv", "-B", f"{tmp_path}:/data:ro", "-B", f"{tmp_path / 'out'}:/out", "/images/c.sif",
+        "/data", "/out", "participant", "--dry-run", "--demo"]
+    assert (tmp_path / "out").is_dir(), "a bind source must exist before apptainer runs"
 
 
 def _fake_submission(tmp_path: Path, check_exit: int = 0) -> dict[str, str]:
