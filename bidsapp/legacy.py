@@ -5,7 +5,8 @@ Faithful to SCT's ``spinalcordtoolbox/deepseg_/lesion.py``, step by step:
 1. reorient to SCT "RPI" (nibabel LAS);
 2. resample in-plane to 0.5 mm (linear, SCT's grid: first voxel kept, spacing ``zoom * n / n_new``);
 3. centreline: per axial slice, the centre of mass of the cord mask (SCT uses its OptiC detector;
-   we take the ``spinalcord`` model's mask), interpolated across slices without cord;
+   we take the cord of ``sct_deepseg spinalcord``: window step 0.5, largest object), interpolated
+   across slices without cord;
 4. crop 48x48 in-plane around the centreline, slice by slice;
 5. percentile-landmark intensity standardisation (Nyul-style, SCT's learned landmarks per contrast);
 6. resample the crop to 0.5 mm isotropic (only z changes);
@@ -318,7 +319,8 @@ def segment_legacy(img: nib.Nifti1Image, *, task: str, model: OnnxModel | str | 
     except ValueError as exc:
         raise InputImageError(f"{name}: legacy {task}: {exc}") from exc
     details = {"provider": onnx.provider, "model_file": onnx.path.name,
-               "centerline": "spinalcord mask (centre of mass per axial slice)",
+               "centerline": "spinalcord mask as SCT's spinalcord makes it (window step 0.5, largest "
+                             "object), centre of mass per axial slice",
                "patch_mean": contrast.mean, "patch_std": contrast.std}
     if onnx.metadata:  # the demo files say what they are (the official ones carry none)
         details["model_metadata"] = dict(onnx.metadata)

@@ -118,15 +118,9 @@ def fill_defaults(args: argparse.Namespace) -> None:
 
 
 def subcommand_argv(argv: list[str]) -> list[str]:
-    """SCT 7's form ``TASK -i IMAGE ...`` as ``-t TASK -i IMAGE ...`` (a first argument that is a task
-    name or alias; anything else is left to the parser)."""
+    """SCT 7's form ``TASK -i IMAGE ...`` as ``-t TASK -i IMAGE ...``: a first argument that is not an
+    option is the task (a task name, an SCT alias or a model folder, checked as ``-t`` is)."""
     if argv and not argv[0].startswith("-"):
-        from .errors import ConfigError
-
-        try:
-            tasks.canonical(argv[0])
-        except ConfigError:
-            return argv
         return ["-t", argv[0], *argv[1:]]
     return argv
 
