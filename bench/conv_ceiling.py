@@ -43,11 +43,11 @@ CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_overrideable", "aten:
 
 
 def build(patch):
-    from bidsapp.demo.modelfolder import make_plans
+    from bidsapp.demo.modelfolder import PlansSpec, make_plans
     from bidsapp.engine.network import build_network, random_state_dict
 
-    plans = make_plans(network="ResidualEncoderUNet", patch_size=patch, spacing=[3.0, 0.7, 0.7],
-                       base_features=32, max_features=320)
+    plans = make_plans(PlansSpec(network="ResidualEncoderUNet", patch_size=patch, spacing=[3.0, 0.7, 0.7],
+                                 base_features=32, max_features=320))
     net = build_network(plans, "3d_fullres", 1, 2)
     net.load_state_dict(random_state_dict(plans, "3d_fullres", 1, 2))
     return net.eval()

@@ -87,14 +87,20 @@ def _sharpen(state: dict, plans: dict, patch) -> dict:
 
 
 def build_models(dest: Path, spacing, patch, folds: int, networks) -> dict[str, Path]:
-    from bidsapp.demo.modelfolder import make_dataset_json, make_plans, random_state_dict, write_model_folder
+    from bidsapp.demo.modelfolder import (
+        PlansSpec,
+        make_dataset_json,
+        make_plans,
+        random_state_dict,
+        write_model_folder,
+    )
 
     out = {}
     for key, network in (("resenc", "ResidualEncoderUNet"), ("plain", "PlainConvUNet")):
         if key not in networks:
             continue
-        plans = make_plans(network=network, patch_size=patch, spacing=spacing, base_features=32,
-                           max_features=320)
+        plans = make_plans(PlansSpec(network=network, patch_size=patch, spacing=spacing, base_features=32,
+                                     max_features=320))
         ds = make_dataset_json({"background": 0, "lesion": 1}, ["T2w"], "LPI")
         states = {f: _sharpen(random_state_dict(plans, "3d_fullres", 1, 2, seed=f), plans,
                               plans["configurations"]["3d_fullres"]["patch_size"]) for f in range(folds)}

@@ -39,12 +39,12 @@ def _status(key: str) -> int:
 
 
 def _plans(kind: str, patch):
-    from bidsapp.demo.modelfolder import make_plans
+    from bidsapp.demo.modelfolder import PlansSpec, make_plans
 
     if kind.startswith("demo:"):
         return json.loads(next((DEMO / kind[5:]).glob("*__*__*/plans.json")).read_text())
-    return make_plans(network=kind, patch_size=patch, spacing=(3.0, 0.7, 0.7), base_features=32,
-                      max_features=320)
+    return make_plans(PlansSpec(network=kind, patch_size=patch, spacing=(3.0, 0.7, 0.7), base_features=32,
+                                max_features=320))
 
 
 def forward_child(kind: str, patch, batch: int) -> dict:

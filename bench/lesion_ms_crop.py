@@ -55,7 +55,7 @@ def stats(values: list[float]) -> dict:
 
 # ---- timing -----------------------------------------------------------------------------------------
 def build_models(dest: Path, spacing, patch, cord_spacing=None, cord_patch=None) -> dict[str, Path]:
-    from bidsapp.demo.modelfolder import make_dataset_json, make_plans, write_model_folder
+    from bidsapp.demo.modelfolder import PlansSpec, make_dataset_json, make_plans, write_model_folder
     from bidsapp.engine.network import random_state_dict
 
     out = {}
@@ -63,7 +63,8 @@ def build_models(dest: Path, spacing, patch, cord_spacing=None, cord_patch=None)
             ("lesion_ms", "ResidualEncoderUNet", {"background": 0, "lesion": 1}, spacing, patch),
             ("spinalcord", "PlainConvUNet", {"background": 0, "sc": 1}, cord_spacing or spacing,
              cord_patch or patch)):
-        plans = make_plans(network=network, patch_size=pa, spacing=sp, base_features=32, max_features=320)
+        plans = make_plans(PlansSpec(network=network, patch_size=pa, spacing=sp, base_features=32,
+                                     max_features=320))
         ds = make_dataset_json(labels, ["T2w"], "LPI")
         state = random_state_dict(plans, "3d_fullres", 1, 2, seed=0)
         out[key] = write_model_folder(dest / key, plans=plans, dataset_json=ds, fold_state_dicts={0: state})

@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 from bidsapp import models
-from bidsapp.demo.modelfolder import make_dataset_json, make_plans
+from bidsapp.demo.modelfolder import PlansSpec, make_dataset_json, make_plans
 from bidsapp.models import verify
 from bidsapp.models.install import install
 
@@ -36,7 +36,7 @@ def _timed(fn) -> float:
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-models-"))
     try:
-        plans = make_plans(network="ResidualEncoderUNet")
+        plans = make_plans(PlansSpec(network="ResidualEncoderUNet"))
         ds = make_dataset_json({"background": 0, "lesion": 1}, ["T2w"])
         zips = []
         for k in range(5):

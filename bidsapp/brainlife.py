@@ -77,8 +77,9 @@ def _options(config: dict[str, Any]) -> tuple[str, ...]:
             opts.append(f"--{flag}")
     if config.get("crop") is not None:  # lesion_ms around the cord (default) or the whole image
         opts.append("--crop" if config["crop"] else "--no-crop")
-    if config.get("device"):
-        opts += ["--device", str(config["device"])]
+    for key in ("device", "precision"):
+        if config.get(key):
+            opts += [f"--{key}", str(config[key])]
     if config.get("omp_nthreads"):
         opts += ["--omp-nthreads", str(int(config["omp_nthreads"]))]
     return tuple(opts)

@@ -17,9 +17,18 @@ from typing import Any
 
 from . import __version__, guards, tasks
 from .argtypes import Parser, flatten_folds, folds, positive_int
+from .engine.precision import PRECISIONS
 from .errors import EXIT, ConfigError, CordlesionError, ModelError, OutputError
 from .pool import Interrupted, stop_on_signals
-from .settings import CROP_HELP, ENSEMBLE_HELP, ENSEMBLES, Settings, default_omp_nthreads
+from .settings import (
+    CROP_HELP,
+    ENSEMBLE_HELP,
+    ENSEMBLES,
+    PRECISION_HELP,
+    Settings,
+    default_omp_nthreads,
+    resolve_run_precision,
+)
 
 log = logging.getLogger("bidsapp")
 
@@ -68,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="nnU-Net folds to ensemble, e.g. 0 1 or 0,1 (default: all in the model)")
     mod.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                      help="auto uses CUDA when available")
+    mod.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     run = p.add_argument_group("running")
     run.add_argument("-w", "--work-dir", "--work_dir", type=Path, metavar="DIR",
                      help="scratch folder (default: a temporary folder, removed at the end)")
@@ -220,6 +230,8 @@ def _settings(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -> Set
 
         if not torch.cuda.is_available():
             raise _Exit("usage", "--device cuda: no CUDA device is available to this process")
+    precision = resolve_run_precision(args.precision, args.device)  # once: every worker runs this one
+    log.info("precision %s (--precision %s, --device %s)", precision, args.precision, args.device)
     return Settings(
         bids_dir=bids_dir, output_dir=output_dir, analysis_level=args.analysis_level,
         participants=tuple(args.participant_label or ()), sessions=tuple(args.session_label or ()),
@@ -229,6 +241,7 @@ def _settings(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -> Set
         omp_nthreads=args.omp_nthreads or default_omp_nthreads(args.nprocs), device=args.device,
         tta=args.tta, folds=flatten_folds(args.folds),
         crop=tasks.CROP_DEFAULT if args.crop is None else args.crop, ensemble=args.ensemble,
+        precision=precision,
         overwrite=args.overwrite,
         dry_run=args.dry_run,
         skip_bids_validator=args.skip_bids_validator, mem=args.mem, image_timeout=args.image_timeout,

@@ -329,12 +329,24 @@ def is_up_to_date(output_dir: Path, mask_json: str, state: Mapping[str, Any]) ->
     file it lists under ``Outputs`` exists. The sidecar is written last: it implies the rest is complete."""
     output_dir = Path(output_dir)
     prov = read_provenance(output_dir / mask_json)
-    if prov is None or prov.get("State") != dict(state):
+    if prov is None or _with_added_parameters(prov.get("State")) != dict(state):
         return False
     outputs = prov.get("Outputs")
     if not isinstance(outputs, list):
         return False
     return all(isinstance(rel, str) and (output_dir / rel).is_file() for rel in outputs)
+
+
+#: parameters recorded since a version, with the value every output written before had: sidecars without
+#: them stay up to date when the run asks for that value (fp32 is byte for byte what ran before issue 16)
+ADDED_PARAMETERS = {"precision": "fp32"}
+
+
+def _with_added_parameters(state: Any) -> Any:
+    """A recorded ``State`` with the :data:`ADDED_PARAMETERS` it predates filled in."""
+    if not isinstance(state, dict) or not isinstance(state.get("Parameters"), dict):
+        return state
+    return {**state, "Parameters": {**ADDED_PARAMETERS, **state["Parameters"]}}
 
 
 def _read_json_quietly(path: Path) -> dict[str, Any]:

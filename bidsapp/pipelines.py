@@ -23,7 +23,7 @@ class, ensembling, window step, box around the cord) is read from its row of the
 
 ``models`` maps model names (``lesion_ms``, ``spinalcord``, ...) to a ``models.LocatedModel`` or a
 folder; names it lacks are found with ``bidsapp.models.locate(name, models_dir=, demo=)``.
-Predictors are cached per process (one per model folder, folds, device, TTA and ensemble).
+Predictors are cached per process (one per model folder, folds, device, TTA, ensemble and precision).
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ import numpy as np
 from nibabel.affines import voxel_sizes
 
 from . import tasks
-from .engine import NnUNetModel, NnUNetPredictor, resolve_device
+from .engine import NnUNetModel, NnUNetPredictor, resolve_device, resolve_precision
 from .errors import ConfigError
 from .imaging import like
 from .models import crop_metadata
@@ -76,6 +76,9 @@ class RunOptions:
     """Where models are installed, for the names ``models`` lacks."""
     demo: bool = False
     """Use the embedded demo models for the names ``models`` lacks."""
+    precision: str = "auto"
+    """Network precision (``auto``, ``fp32``, ``bf16``, ``fp16``: ``engine.precision.resolve_precision``);
+    the command lines pass the one they resolved."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,9 @@ class Provenance:
     """Fold ensembling used (None: the task has no folds)."""
     threshold: str | float
     """How the mask was made from the probabilities."""
+    precision: str = "fp32"
+    """The nnU-Net networks' precision (``fp32``, ``bf16``, ``fp16``); in the sidecar it is the
+    ``State``'s (``Settings.parameters``), so :meth:`to_dict` leaves it out."""
     crop: CropResult | None = None
     """The box around the cord (None: the task did not crop)."""
     details: Mapping[str, Any] = field(default_factory=dict)
@@ -124,8 +130,8 @@ class Provenance:
 
     def to_dict(self) -> dict[str, Any]:
         """The sidecar's ``Pipeline`` block: only what the run's ``State`` does not already hold (the
-        task, TTA, rules and model identities are there): engine, device, folds used, threshold, model
-        paths, the box, engine details."""
+        task, TTA, precision, rules and model identities are there): engine, device, folds used,
+        threshold, model paths, the box, engine details."""
         out: dict[str, Any] = {"engine": self.engine, "device": self.device, "folds": dict(self.folds),
                                "threshold": self.threshold,
                                "model_paths": {name: ref.path for name, ref in self.models.items()}}
@@ -162,17 +168,19 @@ def _resolve(name: str, models: Mapping[str, Any] | None, options: RunOptions) -
 
 @lru_cache(maxsize=8)
 def _cached_predictor(folder: str, folds: tuple | None, device: str, tta: bool,
-                      ensemble: str) -> NnUNetPredictor:
+                      ensemble: str, precision: str) -> NnUNetPredictor:
+    # a model object serves one precision (its weights are converted in place): one load per key
     model = NnUNetModel.load(folder, folds=list(folds) if folds is not None else None)
-    return NnUNetPredictor(model, device=device, tta=tta, ensemble=ensemble)
+    return NnUNetPredictor(model, device=device, tta=tta, ensemble=ensemble, precision=precision)
 
 
 def get_predictor(folder: str | Path, *, folds: Sequence[int | str] | None = None, device: str = "auto",
-                  tta: bool = False, ensemble: str = "logits") -> NnUNetPredictor:
+                  tta: bool = False, ensemble: str = "logits", precision: str = "auto") -> NnUNetPredictor:
     """The process-wide predictor for this model folder and settings (built on first use)."""
     folds_key = tuple(f if f == "all" else int(f) for f in folds) if folds is not None else None
-    return _cached_predictor(str(Path(folder).resolve()), folds_key, str(resolve_device(device)), bool(tta),
-                             ensemble)
+    dev = resolve_device(device)
+    return _cached_predictor(str(Path(folder).resolve()), folds_key, str(dev), bool(tta), ensemble,
+                             resolve_precision(precision, dev))
 
 
 def class_index(labels: Mapping[str, int], task: str | Task) -> int:
@@ -198,6 +206,7 @@ class _Run:
     folds: tuple[int | str, ...] | None
     tta: bool
     ensemble: str
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -213,7 +222,7 @@ def _run_model(img: nib.Nifti1Image, spec: Task, model: ModelRef, run: _Run, *,
     windows overlapping that box run (exact inside it, background outside); ``tile_step``: the window
     step (default: the task's)."""
     predictor = get_predictor(model.path, folds=run.folds, device=run.device, tta=run.tta,
-                              ensemble=run.ensemble)
+                              ensemble=run.ensemble, precision=run.precision)
     step = spec.tile_step if tile_step is None else tile_step
     maps = predictor.predict_maps(img, roi=roi, tile_step=step)
     folds = list(predictor.model.folds)
@@ -232,7 +241,8 @@ def _cord(img: nib.Nifti1Image, located: Mapping[str, ModelRef], run: _Run) -> _
     object, ensemble), every fold, no TTA, whatever the main task's options; a cord release trained on
     crops runs on its padded box, found by a first whole-image pass of the same model (or sc_crop)."""
     spec = tasks.get(tasks.CORD_MODEL)
-    return _cord_pass(img, located[tasks.CORD_MODEL], _Run(run.device, None, False, spec.ensemble))
+    return _cord_pass(img, located[tasks.CORD_MODEL],
+                      _Run(run.device, None, False, spec.ensemble, run.precision))
 
 
 def _cord_pass(img: nib.Nifti1Image, model: ModelRef, run: _Run) -> _Pass:
@@ -410,8 +420,9 @@ def segment(img: nib.Nifti1Image, *, task: str | Task, models: Mapping[str, Any]
     """
     spec = tasks.get(task)
     located = {name: _resolve(name, models, options) for name in spec.models_run(options.crop)}
-    run = _Run(str(resolve_device(options.device)), options.folds, bool(options.tta),
-               options.ensemble or spec.ensemble)
+    device = resolve_device(options.device)
+    run = _Run(str(device), options.folds, bool(options.tta), options.ensemble or spec.ensemble,
+               resolve_precision(options.precision, device))
     if spec.engine == tasks.ONNX:
         return _segment_legacy(img, spec, located, run)
     around, out = _segment_nnunet(img, spec, located, run, options, models)
@@ -421,7 +432,8 @@ def segment(img: nib.Nifti1Image, *, task: str | Task, models: Mapping[str, Any]
         folds = {tasks.CORD_MODEL: around.cord.folds, **folds}
     provenance = Provenance(task=spec.name, engine="bidsapp.engine.nnunet (torch)", device=run.device,
                             models=located, folds=folds, tta=run.tta, ensemble=run.ensemble,
-                            threshold=_threshold(spec, run), crop=around.crop if around is not None else None)
+                            precision=run.precision, threshold=_threshold(spec, run),
+                            crop=around.crop if around is not None else None)
     return SegmentationResult(
         mask=like(img, out.mask.astype(np.uint8), np.uint8),
         probseg=like(img, np.clip(out.prob, 0.0, 1.0).astype(np.float32), np.float32),
@@ -440,5 +452,5 @@ def _segment_legacy(img: nib.Nifti1Image, spec: Task, located: Mapping[str, Mode
                          cord=like(img, cord.mask.astype(np.uint8), np.uint8), device=run.device)
     provenance = Provenance(task=spec.name, engine="onnxruntime", device=run.device, models=located,
                             folds={tasks.CORD_MODEL: cord.folds}, tta=False, ensemble=None,
-                            threshold=out.threshold, details=out.details)
+                            precision=run.precision, threshold=out.threshold, details=out.details)
     return SegmentationResult(mask=out.mask, probseg=None, cord=out.cord, provenance=provenance)

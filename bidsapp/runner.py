@@ -181,7 +181,8 @@ def run_options(settings: Settings) -> pipelines.RunOptions:
     """The pipeline options of every job of the run (the tasks' own rules apply beside them)."""
     return pipelines.RunOptions(device=settings.device, tta=settings.tta, folds=settings.folds,
                                 crop=settings.crop, ensemble=settings.ensemble,
-                                models_dir=settings.models_dir, demo=settings.demo)
+                                models_dir=settings.models_dir, demo=settings.demo,
+                                precision=settings.precision)
 
 
 def _process(item: WorkItem, settings: Settings, start: float) -> None:

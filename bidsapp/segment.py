@@ -3,7 +3,8 @@
     python -m bidsapp.segment lesion_ms -i IMAGE [-o MASK] [-qc DIR] [--soft [PROBMAP]]
     python -m bidsapp.segment spinalcord|lesion_ms_mp2rage|seg_ms_lesion|... -i IMAGE ...
     python -m bidsapp.segment -i IMAGE -t TASK_OR_MODEL_FOLDER -o MASK [--soft PROBMAP] [--tta]
-        [--folds K ...] [--ensemble sct|logits|probabilities] [--device auto|cpu|cuda] [--demo]
+        [--folds K ...] [--ensemble sct|logits|probabilities] [--device auto|cpu|cuda]
+        [--precision auto|fp32|bf16|fp16] [--demo]
     python -m bidsapp.segment -i t2.nii.gz -c t2|t2_ax|t2s [-ofolder DIR] [-r 0] [-qc DIR]
 
 A first argument that names a task (SCT 7's ``spinalcord``, ``lesion_ms``, ``lesion_ms_mp2rage``, or an
@@ -27,9 +28,10 @@ from pathlib import Path
 from . import guards, tasks
 from .argtypes import Parser, flatten_folds, folds
 from .derivatives import nifti_stem
+from .engine.precision import PRECISIONS
 from .errors import EXIT
 from .pool import Interrupted, stop_on_signals
-from .settings import CROP_HELP, ENSEMBLE_HELP, ENSEMBLES
+from .settings import CROP_HELP, ENSEMBLE_HELP, ENSEMBLES, PRECISION_HELP, resolve_run_precision
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SOFT_DEFAULT = Path("<default>.nii.gz")  # --soft without a path: SCT's soft-map name, resolved later
@@ -80,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folds to use, e.g. 0 1 or 0,1 (default: every fold of the model)")
     p.add_argument("--ensemble", choices=ENSEMBLES, help=ENSEMBLE_HELP)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     p.add_argument("--demo", action="store_true", help="use the embedded demo models (phantoms only)")
     p.add_argument("--models-dir", type=Path, metavar="DIR", help="where models are installed")
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
@@ -174,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
     img = load_image(args.input)
     options = pipelines.RunOptions(device=args.device, tta=args.tta, folds=flatten_folds(args.folds),
                                    crop=args.crop, ensemble=args.ensemble, models_dir=args.models_dir,
-                                   demo=args.demo)
+                                   demo=args.demo,
+                                   precision=resolve_run_precision(args.precision, args.device))
     result = pipelines.segment(img, task=task, models=models, options=options)
     atomic_save_nifti(result.mask, args.output)
     if args.soft is not None and result.probseg is not None:
@@ -183,8 +187,8 @@ def run(args: argparse.Namespace) -> int:
         atomic_save_nifti(result.cord, args.cord)
     if args.qc is not None:
         _write_qc(args.qc, args.input, task, img, result)
-    log.info("%s: %d voxels in the mask (%s, %.1f s)", args.output, int(result.mask.dataobj[...].sum()),
-             result.provenance.task, time.perf_counter() - start)
+    log.info("%s: %d voxels in the mask (%s, %s, %.1f s)", args.output, int(result.mask.dataobj[...].sum()),
+             result.provenance.task, result.provenance.precision, time.perf_counter() - start)
     return 0
 
 

@@ -22,6 +22,11 @@ ENSEMBLE_HELP = ("fold ensembling of the nnU-Net tasks: sct (SCT 7.3: each fold'
                  "more than half the folds agree; soft map: mean of p where it beats the background), logits "
                  "(nnU-Net's mean of the fold logits) or probabilities; default: the task's rule "
                  "(lesion_ms: sct)")
+#: the --precision help of both command lines (the rule is engine.precision.resolve_precision's)
+PRECISION_HELP = ("numeric precision of the nnU-Net networks: auto (bf16 on a CPU with bfloat16 dot-product "
+                  "instructions, avx512_bf16 or AMX; fp16 autocast on CUDA; fp32 otherwise), fp32, bf16 or "
+                  "fp16 (asked for without the instructions: emulated, same results, not faster); logits, "
+                  "softmax and argmax stay float32")
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,9 @@ class Settings:
     (``--crop`` / ``--no-crop``, resolved by the CLI; tasks that always crop ignore it)."""
     ensemble: str | None = None
     """``--ensemble``: fold ensembling of the nnU-Net tasks (None: each task's rule)."""
+    precision: str = "fp32"
+    """The network precision the run uses (``fp32``, ``bf16``, ``fp16``): ``--precision`` resolved once by the
+    CLI (:func:`resolve_run_precision`), so every worker and the up-to-date check see the same one."""
     overwrite: bool = False
     """Recompute images whose outputs are up to date."""
     dry_run: bool = False
@@ -93,7 +101,7 @@ class Settings:
         if self.ensemble is not None and spec.engine == tasks.NNUNET:
             rules["ensemble"] = self.ensemble
         params = {"tta": self.tta, "folds": list(self.folds) if self.folds is not None else None,
-                  "rules": rules}
+                  "rules": rules, "precision": self.precision}
         if spec.crop.applies(self.crop) and spec.crop.box is not None:
             params["crop"] = spec.crop.box.to_dict()
         return params
@@ -101,6 +109,19 @@ class Settings:
     def dumps(self) -> str:
         """Indented JSON of :meth:`to_dict`."""
         return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
+def resolve_run_precision(requested: str, device: str) -> str:
+    """The precision a run uses for ``--precision`` ``requested`` (auto|fp32|bf16|fp16) on ``--device``
+    ``device`` (auto|cpu|cuda): the engine's rule (``engine.precision.resolve_precision``). An explicit
+    precision needs no torch; "auto" reads the device and the CPU flags (torch imported)."""
+    from .engine.precision import resolve_precision
+
+    if requested != "auto":
+        return resolve_precision(requested)
+    from .engine import resolve_device
+
+    return resolve_precision("auto", resolve_device(device))
 
 
 def _jsonable(value: Any) -> Any:

@@ -12,6 +12,7 @@ import torch
 from nibabel import orientations as nio
 
 from bidsapp.demo.modelfolder import (
+    PlansSpec,
     clone_shared,
     make_dataset_json,
     make_plans,
@@ -62,9 +63,9 @@ def build_folder(dest: Path, network: str = "PlainConvUNet", *, folds=(0, 1), ol
                  normalization: str = "ZScoreNormalization", use_mask_for_norm: bool = False,
                  transpose_forward=(0, 1, 2), mirroring_axes=(0, 1, 2)) -> Path:
     """A 2-class model folder with decisive random weights, one state dict per fold."""
-    plans = make_plans(network=network, patch_size=patch, spacing=spacing, base_features=4, max_features=16,
-                       old_format=old_format, normalization=normalization,
-                       use_mask_for_norm=use_mask_for_norm, transpose_forward=transpose_forward)
+    plans = make_plans(PlansSpec(network=network, patch_size=patch, spacing=spacing, base_features=4,
+                                 max_features=16, old_format=old_format, normalization=normalization,
+                                 use_mask_for_norm=use_mask_for_norm, transpose_forward=transpose_forward))
     ds = make_dataset_json({"background": 0, "lesion": 1}, ["T2w"], orientation)
     states = {f: _decisive(random_state_dict(plans, "3d_fullres", 1, 2, seed=10 + i), plans, i)
               for i, f in enumerate(folds)}

@@ -28,6 +28,7 @@ from nibabel import orientations as nio
 from scipy import ndimage
 
 from bidsapp.demo.modelfolder import (
+    PlansSpec,
     clone_shared,
     make_dataset_json,
     make_plans,
@@ -78,8 +79,9 @@ def build_lesion_ms_release(dest: Path, trainer_class_py: str) -> tuple[Path, li
     ``model_fold{0..4}.zip`` (each: the folder with plans, dataset and one fold; ``trainer_class.py``
     with the text ``trainer_class_py`` at the folder's top in ``model_fold0.zip`` only, as SCT's
     ``load_trainer_class_if_available`` expects it). Returns (folder, archives)."""
-    plans = make_plans(network="ResidualEncoderUNet", patch_size=PATCH, spacing=PLAN_SPACING, base_features=4,
-                       max_features=16, plans_name=LESION_PLANS, dataset_name=LESION_DATASET)
+    plans = make_plans(PlansSpec(network="ResidualEncoderUNet", patch_size=PATCH, spacing=PLAN_SPACING,
+                                 base_features=4, max_features=16, plans_name=LESION_PLANS,
+                                 dataset_name=LESION_DATASET))
     ds = make_dataset_json({"background": 0, "lesion": 1}, ["T2w"], None)
     folder = write_model_folder(dest / "folder", plans=plans, dataset_json=ds, trainer=LESION_TRAINER,
                                 fold_state_dicts=_states(plans, range(5), 40, 0.5))
@@ -106,8 +108,8 @@ def build_spinalcord(dest: Path) -> Path:
     Keeping the largest amplifies single-voxel differences where two objects nearly touch (nnU-Net sums
     windows in float16, the engine in float32): on ``sct_image("ali", 7)`` one bridging voxel takes the
     kept object's Dice to 0.993; the tests use phantoms where no such bridge differs."""
-    plans = make_plans(patch_size=PATCH, spacing=PLAN_SPACING, base_features=4, max_features=16,
-                       dataset_name="Dataset101_contrastAgnosticSC")
+    plans = make_plans(PlansSpec(patch_size=PATCH, spacing=PLAN_SPACING, base_features=4, max_features=16,
+                                 dataset_name="Dataset101_contrastAgnosticSC"))
     ds = make_dataset_json({"background": 0, "sc": 1}, ["T2w"], "RPI")
     return write_model_folder(dest, plans=plans, dataset_json=ds,
                               fold_state_dicts=_states(plans, ["all"], 70, 0.8))
@@ -115,8 +117,8 @@ def build_spinalcord(dest: Path) -> Path:
 
 def build_mp2rage(dest: Path) -> Path:
     """A one-fold (fold 3) MP2RAGE lesion model, PlainConvUNet, old plans format, no image_orientation."""
-    plans = make_plans(patch_size=PATCH, spacing=PLAN_SPACING, base_features=4, max_features=16,
-                       old_format=True, dataset_name="Dataset403_mp2rage")
+    plans = make_plans(PlansSpec(patch_size=PATCH, spacing=PLAN_SPACING, base_features=4, max_features=16,
+                                 old_format=True, dataset_name="Dataset403_mp2rage"))
     ds = make_dataset_json({"background": 0, "lesion": 1}, ["UNIT1"], None)
     return write_model_folder(dest, plans=plans, dataset_json=ds,
                               trainer="nnUNetTrainer_seg_ms_lesion_mp2rage",

@@ -93,7 +93,8 @@ def test_example_config_reads_as_documented(tmp_path):
     spec = brainlife.read_config(job / "config.json")
     assert (spec.subject, spec.session) == ("01", "M0")
     assert set(spec.images) == {"t2w", "t2star"}
-    assert spec.app_options == ("--skip_bids_validator", "--device", "auto", "--omp-nthreads", "4")
+    assert spec.app_options == ("--skip_bids_validator", "--device", "auto", "--precision", "auto",
+                                "--omp-nthreads", "4")
 
 
 def test_build_bids_links_inputs_under_their_suffixes(tmp_path):

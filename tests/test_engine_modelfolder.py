@@ -8,7 +8,13 @@ import pytest
 import torch
 from engine_models import build_folder
 
-from bidsapp.demo.modelfolder import make_dataset_json, make_plans, random_state_dict, write_model_folder
+from bidsapp.demo.modelfolder import (
+    PlansSpec,
+    make_dataset_json,
+    make_plans,
+    random_state_dict,
+    write_model_folder,
+)
 from bidsapp.engine import NnUNetModel, NnUNetPredictor
 from bidsapp.engine.network import build_network
 from bidsapp.errors import ModelError
@@ -84,8 +90,8 @@ def test_checkpoint_code_is_never_executed(copy, tmp_path, monkeypatch):
 
 
 def test_weights_that_do_not_fit_the_plans(copy):
-    other = make_plans(network="ResidualEncoderUNet", patch_size=(8, 32, 32), base_features=8,
-                       max_features=16)
+    other = make_plans(PlansSpec(network="ResidualEncoderUNet", patch_size=(8, 32, 32), base_features=8,
+                                 max_features=16))
     wrong = random_state_dict(other, "3d_fullres", 1, 2)
     write_model_folder(copy.parent, plans=json.loads((copy / "plans.json").read_text()),
                        dataset_json=json.loads((copy / "dataset.json").read_text()),
@@ -113,8 +119,8 @@ def test_region_labels_are_refused(copy):
 def test_old_and_new_plan_formats_build_the_same_network():
     kw = dict(patch_size=(16, 64, 48), spacing=(3.0, 0.7, 0.7), base_features=8, max_features=64)
     for net in ("PlainConvUNet", "ResidualEncoderUNet"):
-        new = build_network(make_plans(network=net, **kw), "3d_fullres", 1, 2)
-        old = build_network(make_plans(network=net, old_format=True, **kw), "3d_fullres", 1, 2)
+        new = build_network(make_plans(PlansSpec(network=net, **kw)), "3d_fullres", 1, 2)
+        old = build_network(make_plans(PlansSpec(network=net, old_format=True, **kw)), "3d_fullres", 1, 2)
         assert {k: v.shape for k, v in new.state_dict().items()} == \
             {k: v.shape for k, v in old.state_dict().items()}
 

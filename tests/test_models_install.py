@@ -21,7 +21,13 @@ from pathlib import Path
 import pytest
 
 from bidsapp import models
-from bidsapp.demo.modelfolder import make_dataset_json, make_plans, random_state_dict, write_model_folder
+from bidsapp.demo.modelfolder import (
+    PlansSpec,
+    make_dataset_json,
+    make_plans,
+    random_state_dict,
+    write_model_folder,
+)
 from bidsapp.errors import ModelError, NoModelsError
 from bidsapp.models import archive, registry
 from bidsapp.models import install as install_mod
@@ -53,8 +59,8 @@ def releases(tmp_path_factory) -> dict:
     """name -> archive bytes, plus the original files for comparisons."""
     tmp = tmp_path_factory.mktemp("releases")
     ds = make_dataset_json({"background": 0, "lesion": 1}, {"0": "T2w"}, "LPI")
-    resenc = make_plans(network="ResidualEncoderUNet", patch_size=(8, 16, 16), spacing=(1.0, 1.0, 1.0),
-                        base_features=2, max_features=4, max_stages=2)
+    resenc = make_plans(PlansSpec(network="ResidualEncoderUNet", patch_size=(8, 16, 16),
+                                  spacing=(1.0, 1.0, 1.0), base_features=2, max_features=4, max_stages=2))
     sd = random_state_dict(resenc, "3d_fullres", 1, 2, seed=0)
     ms = write_model_folder(tmp / "ms", plans=resenc, dataset_json=ds, trainer="nnUNetTrainerDAExt_ResEncL",
                             fold_state_dicts={k: sd for k in range(5)})
@@ -64,8 +70,8 @@ def releases(tmp_path_factory) -> dict:
     for k in range(5):  # each fold zip: the trainer folder with plans, dataset and ONE fold
         keep = {n: b for n, b in files.items() if not n.startswith("fold_") or n.startswith(f"fold_{k}/")}
         out[f"model_fold{k}.zip"] = _zip({f"{TRAINER}/{n}": b for n, b in keep.items()})
-    plain_old = make_plans(patch_size=(8, 16, 16), spacing=(1.0, 1.0, 1.0), base_features=2, max_features=4,
-                           max_stages=2, old_format=True)
+    plain_old = make_plans(PlansSpec(patch_size=(8, 16, 16), spacing=(1.0, 1.0, 1.0), base_features=2,
+                                     max_features=4, max_stages=2, old_format=True))
     sd2 = random_state_dict(plain_old, "3d_fullres", 1, 2, seed=1)
     mp = write_model_folder(tmp / "mp", plans=plain_old, dataset_json=ds, fold_state_dicts={3: sd2})
     out["mp2rage.zip"] = _zip(_tree(mp))  # no wrapper folder: the name comes from the manifest

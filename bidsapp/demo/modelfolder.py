@@ -8,7 +8,8 @@ both our engine and nnunetv2's ``nnUNetPredictor`` load. Layout::
 
 Example::
 
-    plans = make_plans(network="ResidualEncoderUNet", patch_size=(16, 64, 64), spacing=(3.0, 0.7, 0.7))
+    plans = make_plans(PlansSpec(network="ResidualEncoderUNet", patch_size=(16, 64, 64),
+                                 spacing=(3.0, 0.7, 0.7)))
     ds = make_dataset_json({"background": 0, "lesion": 1}, {"0": "T2w"})
     sd = random_state_dict(plans, "3d_fullres", 1, 2, seed=0)
     folder = write_model_folder(tmp, plans=plans, dataset_json=ds, fold_state_dicts={0: sd})
@@ -19,6 +20,7 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +28,8 @@ import torch
 
 from ..engine.network import build_network, nnunet_default_layers, random_state_dict
 
-__all__ = ["make_plans", "make_dataset_json", "write_model_folder", "make_checkpoint", "topology",
-           "build_network", "random_state_dict"]
+__all__ = ["PlansSpec", "make_plans", "make_dataset_json", "write_model_folder", "make_checkpoint",
+           "topology", "build_network", "random_state_dict"]
 
 # nnU-Net's ExperimentPlanner / nnUNetPlannerResEncL encoder and decoder depths per stage
 _PLAIN_ENCODER, _PLAIN_DECODER = 2, 2
@@ -67,18 +69,9 @@ def topology(spacing: Sequence[float], patch_size: Sequence[int], max_stages: in
     return strides, kernels, patch
 
 
-def make_plans(*, network: str = "PlainConvUNet", patch_size: Sequence[int] = (16, 64, 64),
-               spacing: Sequence[float] = (3.0, 0.7, 0.7), base_features: int = 32, max_features: int = 320,
-               max_stages: int | None = None, strides: Sequence[Sequence[int]] | None = None,
-               kernel_sizes: Sequence[Sequence[int]] | None = None,
-               normalization: str | Sequence[str] = "ZScoreNormalization",
-               use_mask_for_norm: bool | Sequence[bool] = False,
-               transpose_forward: Sequence[int] = (0, 1, 2), configuration: str = "3d_fullres",
-               dataset_name: str = "Dataset999_Demo", plans_name: str | None = None, batch_size: int = 2,
-               median_image_size: Sequence[int] | None = None,
-               foreground_intensity_properties: Mapping[str, Mapping[str, float]] | None = None,
-               old_format: bool = False) -> dict:
-    """Return a complete nnU-Net v2 plans dict (one 3D configuration).
+@dataclass(frozen=True)
+class PlansSpec:
+    """What a plans.json says (one 3D configuration); every field has nnU-Net's usual default.
 
     ``spacing`` and ``patch_size`` are in nnU-Net's array axis order AFTER ``transpose_forward``
     (for SCT models: [z, y, x] of the LPI image, i.e. (S-I, A-P, R-L)). ``network`` is
@@ -86,32 +79,89 @@ def make_plans(*, network: str = "PlainConvUNet", patch_size: Sequence[int] = (1
     planner: 1,3,4,6,6,6... blocks). ``old_format=True`` writes the pre-2.4 ``UNet_class_name`` /
     ``conv_kernel_sizes`` form instead of the ``architecture`` dict.
     """
-    if network not in ("PlainConvUNet", "ResidualEncoderUNet"):
-        raise ValueError(f"network must be PlainConvUNet or ResidualEncoderUNet, not {network!r}")
-    auto_strides, auto_kernels, patch = topology(spacing, patch_size, max_stages)
-    strides = [list(s) for s in (strides or auto_strides)]
-    kernels = [list(k) for k in (kernel_sizes or auto_kernels)]
-    n = len(strides)
-    if len(kernels) != n:
-        raise ValueError(f"{len(kernels)} kernel sizes for {n} stages")
-    features = [min(base_features * 2 ** i, max_features) for i in range(n)]
-    plain = network == "PlainConvUNet"
-    encoder = [_PLAIN_ENCODER] * n if plain else list(_RESENC_ENCODER[:n])
-    decoder = [_PLAIN_DECODER if plain else 1] * (n - 1)
-    schemes = [normalization] if isinstance(normalization, str) else list(normalization)
-    masks = ([use_mask_for_norm] * len(schemes) if isinstance(use_mask_for_norm, bool)
-             else list(use_mask_for_norm))
-    plans_name = plans_name or ("nnUNetPlans" if plain else "nnUNetResEncUNetLPlans")
-    tf = [int(i) for i in transpose_forward]
-    config = {
-        "data_identifier": f"{plans_name}_{configuration}",
+
+    # the network
+    network: str = "PlainConvUNet"
+    base_features: int = 32
+    max_features: int = 320
+    max_stages: int | None = None
+    strides: Sequence[Sequence[int]] | None = None
+    """Pooling per stage (None: nnU-Net's ``get_pool_and_conv_props`` rule, :func:`topology`)."""
+    kernel_sizes: Sequence[Sequence[int]] | None = None
+    # the grid
+    patch_size: Sequence[int] = (16, 64, 64)
+    spacing: Sequence[float] = (3.0, 0.7, 0.7)
+    transpose_forward: Sequence[int] = (0, 1, 2)
+    median_image_size: Sequence[int] | None = None
+    # intensities
+    normalization: str | Sequence[str] = "ZScoreNormalization"
+    use_mask_for_norm: bool | Sequence[bool] = False
+    foreground_intensity_properties: Mapping[str, Mapping[str, float]] | None = None
+    # names and file form
+    configuration: str = "3d_fullres"
+    dataset_name: str = "Dataset999_Demo"
+    plans_name: str | None = None
+    batch_size: int = 2
+    old_format: bool = False
+
+    @property
+    def plain(self) -> bool:
+        return self.network == "PlainConvUNet"
+
+    @property
+    def schemes(self) -> list[str]:
+        return [self.normalization] if isinstance(self.normalization, str) else list(self.normalization)
+
+    @property
+    def name(self) -> str:
+        """The plans name (default: nnU-Net's planner's)."""
+        return self.plans_name or ("nnUNetPlans" if self.plain else "nnUNetResEncUNetLPlans")
+
+
+def make_plans(spec: PlansSpec | None = None) -> dict:
+    """Return a complete nnU-Net v2 plans dict for ``spec`` (default: ``PlansSpec()``)."""
+    spec = spec or PlansSpec()
+    if spec.network not in ("PlainConvUNet", "ResidualEncoderUNet"):
+        raise ValueError(f"network must be PlainConvUNet or ResidualEncoderUNet, not {spec.network!r}")
+    auto_strides, auto_kernels, patch = topology(spec.spacing, spec.patch_size, spec.max_stages)
+    strides = [list(s) for s in (spec.strides or auto_strides)]
+    kernels = [list(k) for k in (spec.kernel_sizes or auto_kernels)]
+    if len(kernels) != len(strides):
+        raise ValueError(f"{len(kernels)} kernel sizes for {len(strides)} stages")
+    config = {**_configuration(spec, patch), **_network(spec, strides, kernels)}
+    fg = spec.foreground_intensity_properties or {
+        str(c): {"max": 1000.0, "mean": 300.0, "median": 290.0, "min": 0.0,
+                 "percentile_00_5": 10.0, "percentile_99_5": 800.0, "std": 150.0}
+        for c in range(len(spec.schemes))
+    }
+    tf = [int(i) for i in spec.transpose_forward]
+    return {
+        "dataset_name": spec.dataset_name,
+        "plans_name": spec.name,
+        "original_median_spacing_after_transp": [float(s) for s in spec.spacing],
+        "original_median_shape_after_transp": [int(s) for s in (spec.median_image_size or patch)],
+        "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": tf,
+        "transpose_backward": [int(i) for i in np.argsort(tf)],
+        "configurations": {spec.configuration: config},
+        "experiment_planner_used": "ExperimentPlanner" if spec.plain else "nnUNetPlannerResEncL",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {k: dict(v) for k, v in fg.items()},
+    }
+
+
+def _configuration(spec: PlansSpec, patch: list[int]) -> dict:
+    """The configuration's grid, normalisation and resampling entries."""
+    masks = spec.use_mask_for_norm
+    return {
+        "data_identifier": f"{spec.name}_{spec.configuration}",
         "preprocessor_name": "DefaultPreprocessor",
-        "batch_size": batch_size,
+        "batch_size": spec.batch_size,
         "patch_size": patch,
-        "median_image_size_in_voxels": [int(s) for s in (median_image_size or patch)],
-        "spacing": [float(s) for s in spacing],
-        "normalization_schemes": schemes,
-        "use_mask_for_norm": masks,
+        "median_image_size_in_voxels": [int(s) for s in (spec.median_image_size or patch)],
+        "spacing": [float(s) for s in spec.spacing],
+        "normalization_schemes": spec.schemes,
+        "use_mask_for_norm": [masks] * len(spec.schemes) if isinstance(masks, bool) else list(masks),
         "resampling_fn_data": "resample_data_or_seg_to_shape",
         "resampling_fn_seg": "resample_data_or_seg_to_shape",
         "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
@@ -121,51 +171,39 @@ def make_plans(*, network: str = "PlainConvUNet", patch_size: Sequence[int] = (1
                                                "force_separate_z": None},
         "batch_dice": False,
     }
-    if old_format:
-        config.update({
-            "UNet_class_name": network,
-            "UNet_base_num_features": base_features,
+
+
+def _network(spec: PlansSpec, strides: list[list[int]], kernels: list[list[int]]) -> dict:
+    """The configuration's network entries: the ``architecture`` dict, or the pre-2.4 keys."""
+    n, dim = len(strides), len(spec.spacing)
+    encoder = [_PLAIN_ENCODER] * n if spec.plain else list(_RESENC_ENCODER[:n])
+    decoder = [_PLAIN_DECODER if spec.plain else 1] * (n - 1)
+    if spec.old_format:
+        return {
+            "UNet_class_name": spec.network,
+            "UNet_base_num_features": spec.base_features,
             "n_conv_per_stage_encoder": encoder,
             "n_conv_per_stage_decoder": decoder,
-            "num_pool_per_axis": [int(sum(np.log2(s[d]) for s in strides)) for d in range(len(spacing))],
+            "num_pool_per_axis": [int(sum(np.log2(s[d]) for s in strides)) for d in range(dim)],
             "pool_op_kernel_sizes": strides,
             "conv_kernel_sizes": kernels,
-            "unet_max_num_features": max_features,
-        })
-    else:
-        dim = len(spacing)
-        config["architecture"] = {
-            "network_class_name": "dynamic_network_architectures.architectures.unet." + network,
-            "arch_kwargs": {
-                "n_stages": n,
-                "features_per_stage": features,
-                "conv_op": f"torch.nn.modules.conv.Conv{dim}d",
-                "kernel_sizes": kernels,
-                "strides": strides,
-                ("n_conv_per_stage" if plain else "n_blocks_per_stage"): encoder,
-                "n_conv_per_stage_decoder": decoder,
-                **nnunet_default_layers(dim),
-            },
-            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+            "unet_max_num_features": spec.max_features,
         }
-    fg = foreground_intensity_properties or {
-        str(c): {"max": 1000.0, "mean": 300.0, "median": 290.0, "min": 0.0,
-                 "percentile_00_5": 10.0, "percentile_99_5": 800.0, "std": 150.0}
-        for c in range(len(schemes))
-    }
-    return {
-        "dataset_name": dataset_name,
-        "plans_name": plans_name,
-        "original_median_spacing_after_transp": [float(s) for s in spacing],
-        "original_median_shape_after_transp": [int(s) for s in (median_image_size or patch)],
-        "image_reader_writer": "SimpleITKIO",
-        "transpose_forward": tf,
-        "transpose_backward": [int(i) for i in np.argsort(tf)],
-        "configurations": {configuration: config},
-        "experiment_planner_used": "ExperimentPlanner" if plain else "nnUNetPlannerResEncL",
-        "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {k: dict(v) for k, v in fg.items()},
-    }
+    features = [min(spec.base_features * 2 ** i, spec.max_features) for i in range(n)]
+    return {"architecture": {
+        "network_class_name": "dynamic_network_architectures.architectures.unet." + spec.network,
+        "arch_kwargs": {
+            "n_stages": n,
+            "features_per_stage": features,
+            "conv_op": f"torch.nn.modules.conv.Conv{dim}d",
+            "kernel_sizes": kernels,
+            "strides": strides,
+            ("n_conv_per_stage" if spec.plain else "n_blocks_per_stage"): encoder,
+            "n_conv_per_stage_decoder": decoder,
+            **nnunet_default_layers(dim),
+        },
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+    }}
 
 
 def make_dataset_json(labels: Mapping[str, int], channel_names: Mapping[str, str] | Sequence[str],

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..engine import NnUNetModel, NnUNetPredictor, build_network
 from .dataset import write_json
-from .modelfolder import make_dataset_json, make_plans, write_model_folder
+from .modelfolder import PlansSpec, make_dataset_json, make_plans, write_model_folder
 from .trainingdata import Volume, crop_around_cord, preprocess, random_phantom, sample_patch
 
 log = logging.getLogger(__name__)
@@ -117,16 +117,10 @@ N_VALIDATION = 6
 
 
 def plans_for(task: DemoTask) -> tuple[dict, dict]:
-    plans = make_plans(
-        network=task.network,
-        patch_size=task.patch,
-        spacing=task.spacing,
-        base_features=task.features,
-        max_features=64,
-        max_stages=4,
-        dataset_name=f"Dataset9{task.seed % 100:02d}_Demo{task.name}",
-        batch_size=task.batch_size,
-    )
+    plans = make_plans(PlansSpec(network=task.network, patch_size=task.patch, spacing=task.spacing,
+                                 base_features=task.features, max_features=64, max_stages=4,
+                                 dataset_name=f"Dataset9{task.seed % 100:02d}_Demo{task.name}",
+                                 batch_size=task.batch_size))
     dataset_json = make_dataset_json(
         task.labels,
         {"0": "+".join(task.contrasts)},
