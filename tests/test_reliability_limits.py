@@ -232,6 +232,6 @@ def test_single_image_command_has_the_same_guards(tiny, tmp_path, capsys):
              ([micro, "--allow-unusual-geometry"], "too small to segment")]
     for (image, *extra), reason in cases:
         out = tmp_path / "mask.nii.gz"
-        code = segment.main(["lesion_ms", "-i", str(image), "-o", str(out), "--demo", *extra])
+        code = segment.main(["-t", "lesion_ms", "-i", str(image), "-o", str(out), "--demo", *extra])
         err = capsys.readouterr().err
         assert code == 65 and reason in err and str(image) in err and not out.exists(), err
