@@ -235,3 +235,40 @@ def test_single_image_command_has_the_same_guards(tiny, tmp_path, capsys):
         code = segment.main(["-t", "lesion_ms", "-i", str(image), "-o", str(out), "--demo", *extra])
         err = capsys.readouterr().err
         assert code == 65 and reason in err and str(image) in err and not out.exists(), err
+
+
+@pytest.mark.parametrize("exc, sentence, raw", [
+    (MemoryError(), "the worker ran out of memory on this image", None),
+    (ZeroDivisionError("division by zero"), "cannot be resampled to the model's grid", "division by zero"),
+    (OSError(28, "No space left on device"), "no space left on device (free some space", None),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"),
+     "the worker ran out of memory", "enforce fail"),
+    (KeyError("spacing"), "unexpected error (KeyError); see the log", "'spacing'"),
+])
+def test_every_failure_path_reads_as_a_sentence(tiny, tmp_path, capsys, monkeypatch, exc, sentence, raw):
+    """Whatever the pipeline raises, the FAILED line and the QC record hold a sentence naming the file;
+    the traceback is in the image's log only; the other image lands."""
+    from bidsapp import pipelines
+
+    real, calls = pipelines.segment, []
+
+    def segment(img, **kw):  # the first job (sub-01, sorted first) fails, the second runs
+        calls.append(1)
+        if len(calls) == 1:
+            raise exc
+        return real(img, **kw)
+
+    bids = copy_dataset(tiny, tmp_path / "bids")
+    one = str(image_path(bids, "sub-01", "sag"))
+    monkeypatch.setattr(pipelines, "segment", segment)
+    out = tmp_path / "out"
+    code, err = _main([bids, out, "participant", *FAST, "--nprocs", "1"], capsys)
+    failed = _failed(err)
+    assert code == 1 and len(failed) == 1 and one in failed[0] and sentence in failed[0], err[-2000:]
+    if raw is not None:
+        assert raw not in failed[0]
+    assert "Traceback" not in err
+    log_text = (out / "logs" / "sub-01" / "sub-01_acq-sag_T2w_desc-T2w.log").read_text()
+    assert "Traceback" in log_text and sentence in log_text
+    assert sentence in json.dumps(_qc_status(out, "sag"))
+    assert (out / MASK.format(n="02")).is_file()
