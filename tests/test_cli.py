@@ -66,7 +66,7 @@ def _fmt(args: list[str], dirs: dict[str, Path]) -> list[str]:
     (["{missing}", "{out}", "participant"], 66),
     (["{nodesc}", "{out}", "participant"], 66),
     (["{bids}", "{bids}", "participant"], 73),
-    (["{bids}", "{bids}/sourcedata/cordlesion", "participant"], 73),  # derivatives/<name> is the one place allowed
+    (["{bids}", "{bids}/sourcedata/cordlesion", "participant"], 73),  # only derivatives/<name> is allowed
     (["{bids}", "{out}", "participant", "--config", "{badconfig}"], 64),
     (["{bids}", "{out}", "participant", "--config", "{notjson}"], 64),
     (["{bids}", "{out}", "participant", "--config", "{missing}.json"], 64),
