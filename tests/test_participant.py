@@ -112,7 +112,8 @@ def test_sidecars_and_dataset_description(participant_run, phantom_bids):
     prov = side["Provenance"]
     state = prov["State"]
     assert prov["Version"] == __version__ and state["Task"] == "lesion_ms_mp2rage"
-    assert state["Parameters"]["tta"] is False and state["Parameters"]["crop"]["margin_slices"] == 5
+    # the MP2RAGE box rule: 30 mm in-plane, 5 mm along S-I (issue 15: physical space, as the model's README)
+    assert state["Parameters"]["tta"] is False and state["Parameters"]["crop"]["margin_si_mm"] == 5.0
     assert list(state["Models"]) == ["spinalcord", "lesion_ms_mp2rage"]
     # each fact once: the pipeline block holds only what the state does not
     assert set(prov) == {"Software", "Version", "RunTimeSeconds", "LesionCount", "LesionVolumeMm3", "Date",
