@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     two.add_argument("--enlarge-absolute", type=_non_negative, default=rules.enlarge_absolute_mm3,
                      metavar="MM3", help=f"absolute increase for 'enlarged', mm^3 (default "
                                          f"{rules.enlarge_absolute_mm3})")
-    two.add_argument("--registration-metric", choices=("mattes", "correlation"), default=reg.metric)
+    two.add_argument("--registration-metric", choices=("auto", "mattes", "correlation"), default=reg.metric,
+                     help="auto (default): Mattes mutual information around the follow-up cord with -s, "
+                          "correlation over the image without")
     two.add_argument("--registration-init", choices=("header", "geometry", "moments"), default=reg.init,
                      help="initial translation: scanner coordinates (default), image centres or intensity "
                           "centres of mass")

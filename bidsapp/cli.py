@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                      help="auto uses CUDA when available")
     mod.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
+    _add_lesion_options(p)
     run = p.add_argument_group("running")
     run.add_argument("-w", "--work-dir", "--work_dir", type=Path, metavar="DIR",
                      help="scratch folder (default: a temporary folder, removed at the end)")
@@ -101,6 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="accept voxel sizes, field of view and shape outside what spinal cord MRI has "
                      "(0.1-10 mm voxels, FOV <= 800 mm, <= 2048 voxels per axis) with a warning")
     return p
+
+
+def _add_lesion_options(p: argparse.ArgumentParser) -> None:
+    """Issue 17: the cord masks and lesion tables of the lesion tasks."""
+    les = p.add_argument_group("lesion analysis")
+    les.add_argument("--cord", action=argparse.BooleanOptionalAction, default=True,
+                     help="write each lesion image's cord mask (label-SC; lesion_ms runs spinalcord for it) "
+                     "and measure its lesion table against it (default); --no-cord: neither")
+    les.add_argument("--drop-outside-cord", "--drop_outside_cord", action="store_true",
+                     help="remove lesions with no voxel in the cord from the lesion masks and tables (SCT "
+                     "issue #4946; recorded in the sidecars)")
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -150,7 +162,7 @@ def _run(args: argparse.Namespace) -> int:
         raise _Exit("unknown_level", f"unknown analysis level {level!r}: use one of {', '.join(LEVELS)}")
     bids_dir, output_dir = _check_dirs(args.bids_dir, args.output_dir)
     if level == "group":
-        return _group(output_dir, skip_validation=args.skip_bids_validator)
+        return _group(output_dir, skip_validation=args.skip_bids_validator, bids_dir=bids_dir)
     settings = _settings(args, bids_dir, output_dir)
     work = Path(tempfile.mkdtemp(prefix="cordlesion-")) if settings.work_dir is None else settings.work_dir
     saved = dict(os.environ)
@@ -167,10 +179,10 @@ def _run(args: argparse.Namespace) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _group(output_dir: Path, *, skip_validation: bool) -> int:
+def _group(output_dir: Path, *, skip_validation: bool, bids_dir: Path | None = None) -> int:
     from .group import run_group
 
-    code = run_group(output_dir)
+    code = run_group(output_dir, bids_dir=bids_dir)  # bids_dir: the source images the change registers
     if not skip_validation:
         _validate_output(output_dir)
     return code
@@ -230,6 +242,8 @@ def _settings(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -> Set
 
         if not torch.cuda.is_available():
             raise _Exit("usage", "--device cuda: no CUDA device is available to this process")
+    if args.drop_outside_cord and not args.cord:
+        raise _Exit("usage", "--drop-outside-cord needs the cord masks: drop --no-cord")
     precision = resolve_run_precision(args.precision, args.device)  # once: every worker runs this one
     log.info("precision %s (--precision %s, --device %s)", precision, args.precision, args.device)
     return Settings(
@@ -241,7 +255,7 @@ def _settings(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -> Set
         omp_nthreads=args.omp_nthreads or default_omp_nthreads(args.nprocs), device=args.device,
         tta=args.tta, folds=flatten_folds(args.folds),
         crop=tasks.CROP_DEFAULT if args.crop is None else args.crop, ensemble=args.ensemble,
-        precision=precision,
+        cord=args.cord, drop_outside_cord=args.drop_outside_cord, precision=precision,
         overwrite=args.overwrite,
         dry_run=args.dry_run,
         skip_bids_validator=args.skip_bids_validator, mem=args.mem, image_timeout=args.image_timeout,

@@ -1,9 +1,12 @@
-"""Group level: ``run.py bids_dir output_dir group`` reads ONLY output_dir.
+"""Group level: ``run.py bids_dir output_dir group`` reads output_dir (and, to register sessions, the
+source images in bids_dir; nothing is written there).
 
 From the per-image QC records the participant level wrote (``sub-*/figures/*_qc.json``, one file per
 job, so parallel jobs never share a file), it writes ``group/lesions.tsv`` with its data dictionary
-``group/lesions.json`` and the QC page ``qc/index.html``. A record that cannot be read is listed as a
-failed image with the reason, never silently dropped.
+``group/lesions.json``, the study's lesion analysis (``analysis.study``: ``group/lesions_per_lesion.tsv``,
+the change tables of consecutive sessions in ``group/changes/`` and ``group/new_enlarging.tsv``) and the
+QC page ``qc/index.html``. A record that cannot be read is listed as a failed image with the reason,
+never silently dropped.
 """
 from __future__ import annotations
 
@@ -136,8 +139,11 @@ def _study_name(output_dir: Path) -> str:
     return str(name) if name else output_dir.resolve().name
 
 
-def run_group(output_dir: str | Path) -> int:
-    """Build ``group/lesions.tsv`` + ``lesions.json`` and ``qc/index.html`` from output_dir; exit code."""
+def run_group(output_dir: str | Path, bids_dir: str | Path | None = None) -> int:
+    """Build ``group/lesions.tsv`` + ``lesions.json``, the study's lesion tables and ``qc/index.html`` from
+    output_dir (``bids_dir``: the source images, for the change between sessions); exit code."""
+    from .analysis.study import page_lesions, write_study
+
     root = Path(output_dir)
     entries = collect_records(root)
     if not entries:
@@ -147,7 +153,9 @@ def run_group(output_dir: str | Path) -> int:
     try:
         atomic_write_bytes(root / TABLE_PATH, lesion_table([table_row(e) for e in entries]).encode("utf-8"))
         atomic_write_json(root / DICTIONARY_PATH, DATA_DICTIONARY)
-        index = write_index(root, entries, study=_study_name(root))
+        analysis = write_study(root, bids_dir, [e.record for e in entries])
+        index = write_index(root, entries, study=_study_name(root),
+                            lesions=page_lesions(root, [(e.path, e.record) for e in entries], analysis))
     except OutputError as exc:
         log.error("%s", exc)
         return EXIT["cant_create"]
@@ -155,5 +163,9 @@ def run_group(output_dir: str | Path) -> int:
     if failed:
         log.warning("%d of %d images failed at the participant level: listed in %s and %s",
                     failed, len(entries), TABLE_PATH, index.relative_to(root).as_posix())
-    log.info("group level: %d images -> %s, %s", len(entries), root / TABLE_PATH, index)
+    if analysis.failed_pairs:
+        log.warning("%d session pair(s) without a change table (see group/new_enlarging.tsv): %s",
+                    len(analysis.failed_pairs), "; ".join(analysis.failed_pairs[:3]))
+    log.info("group level: %d images, %d lesions, %d session pairs -> %s, %s", len(entries),
+             analysis.lesion_rows, analysis.pairs, root / TABLE_PATH, index)
     return EXIT["ok"]

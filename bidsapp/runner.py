@@ -77,7 +77,8 @@ def locate_models(task_names: Sequence[str], settings: Settings) -> dict[str, An
     """``task -> LocatedModel`` for every model the tasks need (raises NoModelsError / ModelError)."""
     from . import models
 
-    needed = dict.fromkeys(m for task in task_names for m in tasks.get(task).models_run(settings.crop))
+    needed = dict.fromkeys(m for task in task_names
+                           for m in tasks.get(task).models_run(settings.crop, cord=settings.cord))
     return {name: models.locate(name, models_dir=settings.models_dir, demo=settings.demo) for name in needed}
 
 
@@ -101,7 +102,8 @@ def prepare(jobs: Sequence[Job], settings: Settings, located: Mapping[str, Any])
     """
     items = []
     for job in jobs:
-        models = {name: located[name] for name in tasks.get(job.task).models_run(settings.crop)}
+        models = {name: located[name]
+                  for name in tasks.get(job.task).models_run(settings.crop, cord=settings.cord)}
         state = None
         if not settings.overwrite and (settings.output_dir / job.outputs["mask_json"]).is_file():
             try:
@@ -196,14 +198,42 @@ def _process(item: WorkItem, settings: Settings, start: float) -> None:
     img = load_image(job.source.path)
     state = item.state if item.state is not None else job_state(job, settings, item.models)
     result = pipelines.segment(img, task=spec, models=item.models, options=run_options(settings))
+    result, table = _lesion_table(img, result, spec, item, settings)  # issue 17: cord, drop, lesion table
     stats = lesion_stats(result.mask)  # once per image: the sidecar, the QC record and the log share it
     provenance = _provenance(result, stats, state, time.perf_counter() - start)
+    if table is not None:  # before the mask sidecar, which is written last
+        provenance.update(table.provenance)
+        _write_lesion_table(settings, job, table)
     images = {"mask": result.mask, "probseg": result.probseg, "cord": result.cord}
     derivatives.write_segmentation(settings.output_dir, job.outputs, images, derivatives.SidecarInfo(
         source_uri=f"bids:raw:{job.source.relpath}", description=spec.description, mask_type=spec.mask_type,
         provenance=provenance))
     _write_qc(item, settings, start, result=(img, result, stats))
     log.info("%s: %d lesion(s), %.1f mm3", job.name, stats.count, stats.total_mm3)
+
+
+def _lesion_table(img: Any, result: pipelines.SegmentationResult, spec: tasks.Task, item: WorkItem,
+                  settings: Settings) -> tuple[pipelines.SegmentationResult, Any]:
+    """A lesion task's extra outputs (issue 17): its cord mask (spinalcord, SCT's rules, when the task did
+    not make one; none with ``--no-cord`` unless the task's own crop made it), ``--drop-outside-cord`` on
+    its mask, and its per-lesion table measured against the cord. Other tasks pass through."""
+    if not spec.lesion_table:
+        return result, None
+    from .analysis.participant import lesion_outputs
+
+    cord = result.cord
+    if settings.cord and cord is None and spec.writes_cord:
+        options = dataclasses.replace(run_options(settings), tta=False, folds=None, ensemble=None, crop=False)
+        cord = pipelines.segment(img, task=tasks.CORD_MODEL, models=item.models, options=options).mask
+    written = cord if settings.cord or tasks.CORD_MODEL in spec.models else None
+    table = lesion_outputs(result.mask, cord if settings.cord else None,
+                           drop_outside_cord=settings.drop_outside_cord)
+    return dataclasses.replace(result, mask=table.mask, cord=written), table
+
+
+def _write_lesion_table(settings: Settings, job: Job, table: Any) -> None:
+    derivatives.atomic_write_bytes(settings.output_dir / job.names.lesions_tsv, table.table.encode("utf-8"))
+    derivatives.atomic_write_json(settings.output_dir / job.names.lesions_json, table.dictionary)
 
 
 def _guard(item: WorkItem, settings: Settings) -> None:

@@ -70,6 +70,12 @@ class Settings:
     (``--crop`` / ``--no-crop``, resolved by the CLI; tasks that always crop ignore it)."""
     ensemble: str | None = None
     """``--ensemble``: fold ensembling of the nnU-Net tasks (None: each task's rule)."""
+    cord: bool = True
+    """The lesion tasks also write their cord mask (``label-SC``; lesion_ms runs spinalcord for it) and
+    measure their lesion tables against it; ``--no-cord``: neither (cord columns ``n/a``)."""
+    drop_outside_cord: bool = False
+    """``--drop-outside-cord``: lesions with no voxel in the cord are removed from the lesion masks and
+    tables (SCT issue #4946; recorded in the sidecar's provenance)."""
     precision: str = "fp32"
     """The network precision the run uses (``fp32``, ``bf16``, ``fp16``): ``--precision`` resolved once by the
     CLI (:func:`resolve_run_precision`), so every worker and the up-to-date check see the same one."""
@@ -104,6 +110,8 @@ class Settings:
                   "rules": rules, "precision": self.precision}
         if spec.crop.applies(self.crop) and spec.crop.box is not None:
             params["crop"] = spec.crop.box.to_dict()
+        if spec.lesion_table:  # the cord mask and the drop change the mask, the table and the outputs
+            params["lesion_table"] = {"cord": self.cord, "drop_outside_cord": self.drop_outside_cord}
         return params
 
     def dumps(self) -> str:

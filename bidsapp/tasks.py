@@ -95,7 +95,11 @@ class Task:
     """Appended too on an image that is not its home: two tasks routed to one image never share a name
     (``t2s`` on a T2w image: ``T2wLegacyT2s``; ``lesion_ms`` on UNIT1: ``UNIT1LesionMS``)."""
     writes_cord: bool = False
-    """Also writes the cord mask it used (``label-SC``)."""
+    """Also writes the cord mask it used (``label-SC``); a task that does not crop runs ``spinalcord`` for
+    it unless the run says ``--no-cord`` (``models_run(crop, cord=)``)."""
+    lesion_table: bool = False
+    """Also writes the per-lesion table (``..._lesions.tsv`` + data dictionary: SCT ``sct_analyze_lesion``
+    measures, against its cord mask when there is one)."""
     sct_output_suffix: str | None = None
     """``bidsapp.segment``'s default output name suffix, as SCT names it (``_lesion_seg``)."""
     class_hints: tuple[str, ...] = ()
@@ -114,10 +118,12 @@ class Task:
     routable: bool = True
     """Can be named in a routing config (``nnunet`` is a model folder given on the command line)."""
 
-    def models_run(self, crop: bool) -> tuple[str, ...]:
-        """The models this task runs, in order, under the run's ``crop`` setting."""
-        cord = (CORD_MODEL,) if self.crop.applies(crop) and CORD_MODEL not in self.models else ()
-        return cord + self.models
+    def models_run(self, crop: bool, cord: bool = False) -> tuple[str, ...]:
+        """The models this task runs, in order, under the run's ``crop`` setting; ``cord``: the run writes
+        the cord mask of the tasks that write one (``--cord``, the BIDS run's default)."""
+        needs = self.crop.applies(crop) or (cord and self.writes_cord)
+        first = (CORD_MODEL,) if needs and CORD_MODEL not in self.models else ()
+        return first + self.models
 
     def rules(self) -> dict[str, Any]:
         """The rules that change its result (besides the box): recorded for up-to-date checks."""
@@ -150,7 +156,7 @@ _TABLE: tuple[Task, ...] = (
          summary="SCT lesion_ms model", sct_name="seg_ms_lesion", aliases=("seg_ms_lesion",),
          contrasts=("T2w", "T2starw", "PSIR", "STIR", "T1w", "UNIT1"),
          routes_from=("T2w", "T2starw", "T2star"), foreign_tag="LesionMS", sct_output_suffix="_lesion_seg",
-         class_hints=("lesion",),
+         class_hints=("lesion",), writes_cord=True, lesion_table=True,
          # SCT 7.3 (scripts/sct_deepseg.py: ensemble=True for lesion_ms): the per-fold vote
          ensemble="sct",
          # SCT 7.3 segments the whole image: the box is opt-in (--crop), for speed. Inside it the result is
@@ -163,7 +169,7 @@ _TABLE: tuple[Task, ...] = (
          description="MS spinal cord lesions on MP2RAGE UNIT1 (SCT lesion_ms_mp2rage on a cord crop)",
          summary="SCT lesion_ms_mp2rage model", sct_name="seg_ms_lesion_mp2rage",
          aliases=("seg_ms_lesion_mp2rage",), contrasts=("UNIT1",), routes_from=("UNIT1",), home=("UNIT1",),
-         foreign_tag="MP2RAGE", writes_cord=True,
+         foreign_tag="MP2RAGE", writes_cord=True, lesion_table=True,
          sct_output_suffix="_lesion_seg", class_hints=("lesion",),
          # the model's README: the cord dilated 30 mm in-plane and 5 mm along S-I, in physical space (SCT's
          # literal `sct_crop_image -dilate 30x30x5` counts voxels, right only for 1 mm images); one fold:

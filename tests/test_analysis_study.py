@@ -61,7 +61,8 @@ def test_counts_and_change_table(study):
     assert float(row["registration_ncc"]) > 0.9 and row["error"] == "n/a"
     change = read_tsv((out / row["change_table"]).read_text())
     assert sorted(r["status"] for r in change) == ["enlarged", "new", "stable", "stable"]
-    assert sorted(result.statuses[SOURCES["M12"]].values()) == ["enlarged", "new", "stable", "stable"]
+    statuses = result.statuses[(SOURCES["M12"], "lesion_ms")]
+    assert sorted(statuses.values()) == ["enlarged", "new", "stable", "stable"]
     assert result.pairs == 1 and not result.failed_pairs
     assert (out / COUNTS_PATH).with_suffix(".json").is_file()
 
@@ -84,3 +85,17 @@ def test_missing_source_image_is_a_row_with_its_error(study, tmp_path):
     (row,) = read_counts(out)
     assert row["new"] == "n/a" and "sub-01_ses-M12_acq-sag_T2w.nii.gz" in row["error"]
     assert result.pairs == 0 and len(result.failed_pairs) == 1
+
+
+def test_page_lesions_mark_the_follow_up_statuses(study):
+    from bidsapp.analysis.study import page_lesions
+
+    s, _, out, records, _ = study
+    result = write_study(out, study[1], records)
+    page = page_lesions(out, [(r["source"], r) for r in records], result)
+    assert set(page) == set(SOURCES.values())  # the failed image has no table
+    assert all(les["st"] is None for les in page[SOURCES["M0"]])  # a baseline: no status
+    assert sorted(les["st"] for les in page[SOURCES["M12"]]) == ["enlarged", "new", "stable", "stable"]
+    direct = analyze_lesions(s.followup_mask).lesions
+    volumes = [les["vol"] for les in page[SOURCES["M12"]]]
+    assert volumes == pytest.approx([r.volume_mm3 for r in direct], abs=1e-3)

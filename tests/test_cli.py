@@ -142,7 +142,7 @@ def fake_models(monkeypatch):
     monkeypatch.setattr(pipelines, "segment", fake_segment)
     monkeypatch.setattr(runner, "locate_models", lambda names, settings: {
         name: FakeModel(name, Path("/m"), sha256={"w": "0" * 64})
-        for task in names for name in tasks.get(task).models_run(settings.crop)})
+        for task in names for name in tasks.get(task).models_run(settings.crop, cord=settings.cord)})
 
 
 def test_dry_run_writes_nothing(dirs, fake_models, capsys, tmp_path):

@@ -118,7 +118,8 @@ def test_segment_cli_refuses_no_crop_for_a_task_trained_on_crops(tmp_path, capsy
 def test_runner_locates_the_cord_model_only_when_cropping(crop, tmp_path, monkeypatch):
     from bidsapp import runner
 
-    settings = Settings(bids_dir=tmp_path, output_dir=tmp_path / "o", crop=crop)
+    # --no-cord: the lesion tables' cord (issue 17) would locate spinalcord whatever --crop says
+    settings = Settings(bids_dir=tmp_path, output_dir=tmp_path / "o", crop=crop, cord=False)
     monkeypatch.setattr("bidsapp.models.locate", lambda name, **kw: name)
     assert list(runner.locate_models(["lesion_ms"], settings)) == (["spinalcord", "lesion_ms"] if crop
                                                                    else ["lesion_ms"])

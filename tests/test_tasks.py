@@ -47,8 +47,12 @@ def test_rows_are_consistent():
         assert row.crop.mode in ("never", "optional", "always")
         assert (row.crop.box is not None) == (row.crop.mode != "never"), row.name
         assert row.desc("T2w").isalnum() and row.description and row.summary
-        if row.engine == tasks.ONNX or row.crop.mode == "always" or row.writes_cord:
+        if row.engine == tasks.ONNX or row.crop.mode == "always":
             assert row.models[0] == tasks.CORD_MODEL, row.name  # the cord runs first
+        if row.writes_cord:  # lesion_ms writes the cord when the run asks (--cord): spinalcord runs first
+            assert row.models_run(crop=False, cord=True)[0] == tasks.CORD_MODEL, row.name
+            assert row.models_run(crop=False, cord=False)[0] != tasks.CORD_MODEL or \
+                tasks.CORD_MODEL in row.models, row.name
     # one --crop switch: every optional row shares the default
     assert {r.crop.default for r in map(tasks.get, tasks.names()) if r.crop.mode == "optional"} == \
         {tasks.CROP_DEFAULT}
@@ -65,3 +69,14 @@ def test_the_table_imports_nothing_heavy():
             "print(sorted(m for m in heavy if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_lesion_tables_and_cord_outputs():
+    """Issue 17: the lesion tasks write their lesion table; lesion_ms runs spinalcord for its cord
+    output only when the run writes cords (or crops), mp2rage always (its crop needs it)."""
+    assert {n for n in tasks.names() if tasks.get(n).lesion_table} == {"lesion_ms", "lesion_ms_mp2rage"}
+    ms = tasks.get("lesion_ms")
+    assert ms.models_run(crop=False, cord=True) == ("spinalcord", "lesion_ms")
+    assert ms.models_run(crop=False, cord=False) == ("lesion_ms",)
+    assert ms.models_run(crop=True, cord=False) == ("spinalcord", "lesion_ms")
+    assert tasks.get("lesion_ms_mp2rage").models_run(crop=False) == ("spinalcord", "lesion_ms_mp2rage")

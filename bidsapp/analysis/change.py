@@ -121,7 +121,7 @@ class _Session:
 def analyze_change(inputs: SessionInputs, rules: ChangeRules | None = None,
                    settings: RegistrationSettings | None = None) -> SessionChange:
     """Register the sessions (images), then classify every lesion of both masks."""
-    reg = register_rigid(inputs.followup_image, inputs.baseline_image, settings)
+    reg = register_rigid(inputs.followup_image, inputs.baseline_image, settings, inputs.followup_cord)
     return compare_sessions(inputs, reg, rules)
 
 

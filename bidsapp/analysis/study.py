@@ -74,8 +74,8 @@ class StudyResult:
     lesion_rows: int = 0
     pairs: int = 0
     failed_pairs: list[str] = field(default_factory=list)
-    statuses: dict[str, dict[int, str]] = field(default_factory=dict)
-    """follow-up source -> {lesion_id: status} (for the QC page)."""
+    statuses: dict[tuple[str, str], dict[int, str]] = field(default_factory=dict)
+    """(follow-up source, task) -> {lesion_id: status} (for the QC page)."""
 
 
 def study_images(records: Iterable[Mapping[str, Any]]) -> list[SessionImage]:
@@ -134,11 +134,10 @@ def _files(output_dir: Path, bids_dir: Path, baseline: SessionImage, followup: S
 def _inputs(files: _PairFiles) -> SessionInputs:
     from ..imaging import load_image
 
-    both = files.followup_cord is not None and files.baseline_cord is not None
     return SessionInputs(load_mask(files.followup_mask), load_image(files.followup_image),
                          load_mask(files.baseline_mask), load_image(files.baseline_image),
-                         load_mask(files.followup_cord) if both else None,
-                         load_mask(files.baseline_cord) if both else None)
+                         load_mask(files.followup_cord) if files.followup_cord else None,
+                         load_mask(files.baseline_cord) if files.baseline_cord else None)
 
 
 def _record(change: SessionChange, state: Mapping[str, Any]) -> dict[str, Any]:
@@ -212,7 +211,8 @@ def _pair_row(root: Path, bids_dir: str | Path | None, pair: tuple[SessionImage,
         log.warning("%s -> %s: change not computed (%s)", baseline.source, followup.source, message)
         result.failed_pairs.append(f"{followup.source}: {message}")
         return counts_row(baseline, followup, dict.fromkeys(COUNTED), {"error": message})
-    result.statuses[followup.source] = {int(k): v for k, v in record.get("Statuses", {}).items()}
+    statuses = record.get("Statuses", {})
+    result.statuses[(followup.source, followup.task)] = {int(k): v for k, v in statuses.items()}
     quality = {"registration_ncc": record.get("NormalizedCrossCorrelation"),
                "cord_dice": record.get("CordDice"), "change_table": f"{stem}_change.tsv"}
     return counts_row(baseline, followup, record.get("Counts", {}), quality)
@@ -249,3 +249,35 @@ def counts_dictionary(rules: ChangeRules) -> dict[str, Any]:
 def read_counts(output_dir: str | Path) -> list[dict[str, str]]:
     """Rows of ``new_enlarging.tsv`` (tests, QC page)."""
     return read_tsv((Path(output_dir) / COUNTS_PATH).read_text(encoding="utf-8"))
+
+
+#: per-lesion columns the QC page shows, with their short keys
+PAGE_COLUMNS = {"lesion_id": "id", "volume_mm3": "vol", "length_mm": "len", "width_mm": "wid",
+                "max_equivalent_diameter_mm": "dia", "max_axial_damage_ratio": "dmg",
+                "inside_cord_fraction": "in"}
+
+
+def page_lesions(output_dir: str | Path, records: Iterable[tuple[str, Mapping[str, Any]]],
+                 result: StudyResult) -> dict[str, list[dict[str, Any]]]:
+    """Per image (key: the caller's, e.g. the QC record path) its lesions for the QC page: the table's
+    main figures and, on a follow-up, each lesion's change status."""
+    root, out = Path(output_dir), {}
+    for key, rec in records:
+        if rec.get("status") != "ok" or not rec.get("task"):
+            continue
+        path = root / image_names(str(rec["source"]), str(rec["task"])).lesions_tsv
+        try:
+            rows = read_tsv(path.read_text(encoding="utf-8"))
+        except OSError:
+            continue
+        statuses = result.statuses.get((str(rec["source"]), str(rec["task"])), {})
+        out[key] = [{**{short: _number(row.get(col)) for col, short in PAGE_COLUMNS.items()},
+                     "st": statuses.get(int(row["lesion_id"]))} for row in rows]
+    return out
+
+
+def _number(text: str | None) -> float | int | None:
+    if text is None or text == "n/a":
+        return None
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text else value

@@ -3,8 +3,12 @@
 Subjects follow a cycle of five protocols (sessions or not, sagittal and axial acquisitions, repeated
 runs, MP2RAGE with its inversions, a deprecated ``T2star``, a healthy control), so every routing case
 of the app appears in a five-subject dataset. Each subject has one anatomy shared by all its images;
-a follow-up session adds a new lesion. Everything is drawn from ``numpy.random.default_rng([seed,
-subject, image])``, and NIfTI files are gzipped with mtime 0: the same seed gives byte-identical files.
+a follow-up session adds a new lesion, grows the first one (x1.4 along each axis) and sees the subject
+moved (a rigid motion of 4-7 degrees and 2-5 mm: the images' grids are rotated and shifted against the
+anatomy), so the change between sessions has a known answer (``PhantomLesionChange`` and
+``PhantomSubjectMotionRAS`` in the ground-truth lesion sidecars). Everything is drawn from
+``numpy.random.default_rng([seed, subject, image])``, and NIfTI files are gzipped with mtime 0: the same
+seed gives byte-identical files.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -138,14 +143,64 @@ def write_dataset(out_dir: str | Path, *, n_subjects: int = 5, seed: int = 0) ->
             (sub, int(rng.integers(22, 61)), str(rng.choice(["F", "M"])), "HC" if n_lesions == 0 else "MS")
         )
         for s, ses in enumerate(sessions):
-            if s > 0 and anatomy.lesions:  # a new lesion at follow-up
-                anatomy = add_lesions(anatomy, rng, 1)
+            change = None
+            if s > 0 and anatomy.lesions:  # at follow-up: a new lesion, the first one grown
+                anatomy = _grow_first(add_lesions(anatomy, rng, 1))
+                change = ["enlarged"] + ["stable"] * (len(anatomy.lesions) - 2) + ["new"]
+            visit = Visit(ses, session_motion(seed, i, s), change)
             for j, acquisition in enumerate(acquisitions):
                 img_rng = np.random.default_rng([seed, i, s, j])
-                images.append(_write_image(out, img_rng, anatomy, sub, ses, acquisition, seed))
+                images.append(_write_image(out, img_rng, anatomy, sub, visit, acquisition, seed))
     _write_metadata(out, participants, seed)
     log.info("wrote %d images of %d subjects to %s", len(images), n_subjects, out)
     return images
+
+
+@dataclass(frozen=True)
+class Visit:
+    """One session of a subject: its label, the subject's rigid motion since the first session (4x4, RAS
+    mm: world of this session = motion @ world of the first) and, at a follow-up, each lesion's change."""
+
+    ses: str | None
+    motion: np.ndarray
+    change: list[str] | None = None
+
+
+def _grow_first(anatomy: Anatomy) -> Anatomy:
+    first = anatomy.lesions[0]
+    grown = replace(first, semi_axes=tuple(1.4 * a for a in first.semi_axes))
+    return replace(anatomy, lesions=(grown, *anatomy.lesions[1:]))
+
+
+def session_motion(seed: int, subject: int, session: int) -> np.ndarray:
+    """The subject's head position at a session vs the first one: identity at the first, else a rotation
+    of 4-7 degrees about a random axis through the cord and a 2-5 mm shift (its own random stream, so the
+    other images of the dataset do not change with it)."""
+    if session == 0:
+        return np.eye(4)
+    rng = np.random.default_rng([seed, subject, session, 7919])
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    angle = math.radians(rng.uniform(4.0, 7.0))
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    motion = np.eye(4)
+    motion[:3, :3] = np.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k  # Rodrigues
+    shift = rng.normal(size=3)
+    motion[:3, 3] = shift / np.linalg.norm(shift) * rng.uniform(2.0, 5.0)
+    return motion
+
+
+def _moved(phantom, motion: np.ndarray):
+    """The phantom's images with their grid moved by ``motion`` (the anatomy moved the other way)."""
+    if np.allclose(motion, np.eye(4)):
+        return phantom
+
+    def move(img: nib.Nifti1Image) -> nib.Nifti1Image:
+        out = nib.Nifti1Image(np.asanyarray(img.dataobj), motion @ img.affine, img.header)
+        out.set_qform(out.affine, 1)
+        out.set_sform(out.affine, 1)
+        return out
+    return replace(phantom, image=move(phantom.image), lesion=move(phantom.lesion), cord=move(phantom.cord))
 
 
 def _bids_stem(sub: str, ses: str | None, acq: Acquisition) -> str:
@@ -176,15 +231,16 @@ def _write_image(
     rng: np.random.Generator,
     anatomy: Anatomy,
     sub: str,
-    ses: str | None,
+    visit: Visit,
     acq: Acquisition,
     seed: int,
 ) -> PhantomImage:
+    ses = visit.ses
     contrast = f"inv-{acq.inv}" if acq.inv else acq.suffix
     geometry = _geometry(rng, acq)
     if acq.inv:  # the inversions share the UNIT1 grid of the same MP2RAGE acquisition
         geometry["orientation"] = ("A", "S", "L")
-    phantom = make_phantom(contrast, rng=rng, anatomy=anatomy, **geometry)
+    phantom = _moved(make_phantom(contrast, rng=rng, anatomy=anatomy, **geometry), visit.motion)
     stem = _bids_stem(sub, ses, acq)
     rel_dir = Path(f"sub-{sub}") / (f"ses-{ses}" if ses else "") / "anat"
     name = f"{stem}_{acq.suffix}"
@@ -204,10 +260,10 @@ def _write_image(
     write_json(out / rel_dir / f"{name}.json", sidecar)
     if acq.inv:
         return PhantomImage(out / rel_dir / f"{name}.nii.gz", acq.suffix, None, None, 0)
-    return _write_truth(out, rel_dir, stem, acq.suffix, phantom)
+    return _write_truth(out, rel_dir, stem, acq.suffix, phantom, visit)
 
 
-def _write_truth(out: Path, rel_dir: Path, stem: str, suffix: str, phantom) -> PhantomImage:
+def _write_truth(out: Path, rel_dir: Path, stem: str, suffix: str, phantom, visit: Visit) -> PhantomImage:
     gt_dir = out / "derivatives" / GROUNDTRUTH / rel_dir
     source = f"bids:raw:{(rel_dir / f'{stem}_{suffix}.nii.gz').as_posix()}"
     lesion = np.asarray(phantom.lesion.dataobj)
@@ -240,8 +296,11 @@ def _write_truth(out: Path, rel_dir: Path, stem: str, suffix: str, phantom) -> P
                         }
                         for les in phantom.anatomy.lesions
                     ],
+                    "PhantomSubjectMotionRAS": np.round(visit.motion, 6).tolist(),
                 }
             )
+            if visit.change is not None:  # per PhantomLesions entry, vs the previous session
+                meta["PhantomLesionChange"] = list(visit.change)
         write_json(gt_dir / f"{name}.json", meta)
     return PhantomImage(
         out / rel_dir / f"{stem}_{suffix}.nii.gz", suffix, paths["lesion"], paths["SC"], int(n_lesions)

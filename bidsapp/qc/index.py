@@ -45,8 +45,10 @@ def _figures(output_dir: Path, figures: Mapping[str, str]) -> dict[str, str]:
     return {view: _url(rel) for view, rel in figures.items() if (output_dir / rel).is_file()}
 
 
-def page_row(output_dir: Path, entry: Entry) -> dict[str, Any]:
-    """What the page needs of one record (short keys keep 10^4 rows small)."""
+def page_row(output_dir: Path, entry: Entry, lesions: Sequence[Mapping[str, Any]] | None = None
+             ) -> dict[str, Any]:
+    """What the page needs of one record (short keys keep 10^4 rows small); ``lesions``: its per-lesion
+    figures (``analysis.study.page_lesions``: id, vol, len, wid, dia, dmg, in, st = change status)."""
     rec = entry.record
     ent = rec.get("entities", {})
     les = rec.get("lesions") or {}
@@ -60,7 +62,16 @@ def page_row(output_dir: Path, entry: Entry) -> dict[str, Any]:
         "st": rec.get("status", "failed"), "err": rec.get("error") or rec.get("qc_error"),
         "rel": model.get("release"), "demo": bool(model.get("demo", False)), "rt": rec.get("runtime_s"),
         "fig": _figures(output_dir, rec.get("figures") or {}),
+        "les": list(lesions or []),
+        "new": _new_count(lesions),
     }
+
+
+def _new_count(lesions: Sequence[Mapping[str, Any]] | None) -> int | None:
+    """New lesions at this follow-up; None where the image is no follow-up (no change status)."""
+    if not lesions or not any(le.get("st") for le in lesions):
+        return None
+    return sum(le.get("st") == "new" for le in lesions)
 
 
 def _asset(name: str) -> str:
@@ -73,9 +84,11 @@ def _environment() -> jinja2.Environment:
                               undefined=jinja2.StrictUndefined)
 
 
-def render_index(output_dir: Path, entries: Sequence[Entry], *, study: str) -> str:
-    """The HTML of the QC page for these records."""
-    rows = [page_row(Path(output_dir), e) for e in entries]
+def render_index(output_dir: Path, entries: Sequence[Entry], *, study: str,
+                 lesions: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> str:
+    """The HTML of the QC page for these records (``lesions``: record path -> its per-lesion figures)."""
+    lesions = lesions or {}
+    rows = [page_row(Path(output_dir), e, lesions.get(e.path)) for e in entries]
     n_subjects = len({r["sub"] for r in rows})
     n_failed = sum(r["st"] == "failed" for r in rows)
     data = {"study": study, "page_size": PAGE_SIZE, "n_subjects": n_subjects, "n_failed": n_failed,
@@ -89,8 +102,10 @@ def render_index(output_dir: Path, entries: Sequence[Entry], *, study: str) -> s
         built=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
 
-def write_index(output_dir: str | Path, entries: Sequence[Entry], *, study: str) -> Path:
+def write_index(output_dir: str | Path, entries: Sequence[Entry], *, study: str,
+                lesions: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> Path:
     """Write ``output_dir/qc/index.html`` atomically; returns its path."""
     path = Path(output_dir) / INDEX_PATH
-    atomic_write_bytes(path, render_index(Path(output_dir), entries, study=study).encode("utf-8"))
+    html = render_index(Path(output_dir), entries, study=study, lesions=lesions)
+    atomic_write_bytes(path, html.encode("utf-8"))
     return path

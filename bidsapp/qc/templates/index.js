@@ -9,10 +9,10 @@
   const STORE_KEY = "cordlesion-qc:" + DATA.study;
   const COLUMNS = [
     ["thumb", ""], ["sub", "Subject"], ["ses", "Session"], ["acq", "Acq"], ["run", "Run"], ["con", "Contrast"],
-    ["task", "Task"], ["n", "Lesions"], ["tot", "Total mm\u00b3"], ["max", "Largest mm\u00b3"],
+    ["task", "Task"], ["n", "Lesions"], ["tot", "Total mm\u00b3"], ["max", "Largest mm\u00b3"], ["new", "New"],
     ["st", "Status"], ["rating", "Rating"], ["err", "Error"],
   ];
-  const NUMERIC = new Set(["n", "tot", "max"]);
+  const NUMERIC = new Set(["n", "tot", "max", "new"]);
   const COLLATOR = new Intl.Collator(undefined, {numeric: true});   // one collator: localeCompare builds one per call
   const $ = (id) => document.getElementById(id);
 
@@ -156,6 +156,7 @@
     thumbCell(tr, row);
     for (const key of ["sub", "ses", "acq", "run", "con", "task"]) cell(tr, fmt(row[key]));
     for (const key of ["n", "tot", "max"]) cell(tr, fmt(row[key]), "num");
+    cell(tr, fmt(row.new), row.new ? "num new-lesions" : "num");   // new lesions at a follow-up session
     cell(tr, row.st, "status-" + row.st);
     const rating = ratingOf(row);
     cell(tr, rating || "\u00b7", "rating rating-" + (rating || "none"));
@@ -218,9 +219,38 @@
     for (const button of document.querySelectorAll("[data-rate]")) {
       button.classList.toggle("active", button.dataset.rate === rating);
     }
+    renderLesions(row);
     const overlay = $("d-overlay").checked;
     setImage("d-axial", row.fig[overlay ? "axialoverlay" : "axial"]);
     setImage("d-sagittal", row.fig[overlay ? "sagittaloverlay" : "sagittal"]);
+  }
+
+  // Per-lesion figures (the image's lesion table) and, at a follow-up, each lesion's change status.
+  const LESION_COLUMNS = [["id", "Lesion"], ["vol", "Volume mm\u00b3"], ["len", "Length mm"], ["wid", "Width mm"],
+                          ["dia", "Eq. diameter mm"], ["dmg", "Damage ratio"], ["in", "In cord"], ["st", "Change"]];
+
+  function renderLesions(row) {
+    const table = $("d-lesions");
+    table.replaceChildren();
+    table.hidden = !(row.les && row.les.length);
+    if (table.hidden) return;
+    const head = document.createElement("tr");
+    for (const [, label] of LESION_COLUMNS) {
+      const th = document.createElement("th");
+      th.textContent = label;
+      head.appendChild(th);
+    }
+    table.appendChild(head);
+    for (const les of row.les) {
+      const tr = document.createElement("tr");
+      if (les.st === "new") tr.className = "lesion-new";
+      for (const [key] of LESION_COLUMNS) {
+        const text = key === "st" ? (les.st === "new" ? "NEW" : (les.st || "\u2014")) :
+          (les[key] === null || les[key] === undefined ? "n/a" : String(+Number(les[key]).toFixed(2)));
+        cell(tr, text, key === "st" ? "change" : "num");
+      }
+      table.appendChild(tr);
+    }
   }
 
   function setImage(id, url) {
