@@ -329,7 +329,7 @@ def is_up_to_date(output_dir: Path, mask_json: str, state: Mapping[str, Any]) ->
     file it lists under ``Outputs`` exists. The sidecar is written last: it implies the rest is complete."""
     output_dir = Path(output_dir)
     prov = read_provenance(output_dir / mask_json)
-    if prov is None or _with_added_parameters(prov.get("State")) != dict(state):
+    if prov is None or _with_added_parameters(prov.get("State")) != _with_added_parameters(dict(state)):
         return False
     outputs = prov.get("Outputs")
     if not isinstance(outputs, list):
@@ -343,7 +343,8 @@ ADDED_PARAMETERS = {"precision": "fp32"}
 
 
 def _with_added_parameters(state: Any) -> Any:
-    """A recorded ``State`` with the :data:`ADDED_PARAMETERS` it predates filled in."""
+    """A ``State`` with the :data:`ADDED_PARAMETERS` it lacks filled in (the recorded one and the run's
+    alike, so a caller that does not know a parameter yet compares as before)."""
     if not isinstance(state, dict) or not isinstance(state.get("Parameters"), dict):
         return state
     return {**state, "Parameters": {**ADDED_PARAMETERS, **state["Parameters"]}}
