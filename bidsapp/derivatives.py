@@ -33,7 +33,8 @@ BIDS_VERSION = "1.10.0"
 # Non-BIDS folders of the output dataset (QC pictures, logs, group tables, QC index). bids-validator-deno
 # matches "figures/" only at the top level: "**/figures" (no trailing slash) also covers sub-*/figures/.
 # A trailing slash does not match top-level folders either ("qc/" left /qc/ and /group/ NOT_INCLUDED).
-BIDSIGNORE_LINES = ("**/figures", "logs", "qc", "group")
+#: not BIDS (per-image lesion tables have no BIDS suffix): kept out of the validator's way
+BIDSIGNORE_LINES = ("**/figures", "logs", "qc", "group", "**/*_lesions.tsv", "**/*_lesions.json")
 PROVENANCE_KEY = "Provenance"
 
 #: the QC pictures drawn per image (``bidsapp.qc.pictures`` draws them; their names are made here)
