@@ -110,20 +110,23 @@ def test_build_bids_links_inputs_under_their_suffixes(tmp_path):
     assert args[2:5] == ["participant", "--participant-label", "01"]
 
 
-def test_main_runs_the_image_with_a_clean_environment(tmp_path):
+@pytest.mark.parametrize("nv, gpu", [("0", []), ("1", ["--nv"])])
+def test_main_runs_the_image_with_a_clean_environment(tmp_path, nv, gpu):
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "singularity").write_text('#!/bin/bash\nprintf "%s\\n" "$@" > args.txt\n')
     (fake / "singularity").chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k != "CORDLESION_PYTHON"}
     env["PATH"] = f"{fake}:{env['PATH']}"
+    env["CORDLESION_NV"] = nv  # GPU resources: --nv (forced both ways, whatever this machine has)
     proc = subprocess.run([str(ROOT / "main")], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=30)
     assert proc.returncode == 0, proc.stderr
     version = (ROOT / "version").read_text().strip()
+    # -P: the image's installed package, never the bidsapp/ of the cloned app folder brainlife runs in
     assert (tmp_path / "args.txt").read_text().split() == [
-        "exec", "-e", f"docker://cordlesion/cordlesion:{version}", "python", "-m", "bidsapp.brainlife",
-        "config.json"]
+        "exec", "-e", *gpu, f"docker://cordlesion/cordlesion:{version}", "python", "-P", "-m",
+        "bidsapp.brainlife", "config.json"]
 
 
 # --------------------------------------------------------------------------------------- end to end
