@@ -29,4 +29,5 @@ class OutputError(CordlesionError, OSError):
 #: execution spec draft's codes plus sysexits (64 usage, 65 bad input data, 66 missing input, 73 cannot
 #: create output).
 EXIT: dict[str, int] = {"ok": 0, "failed": 1, "invalid_bids": 16, "unknown_level": 17, "no_match": 18,
-                        "usage": 64, "data": 65, "no_input": 66, "cant_create": 73, "interrupted": 130}
+                        "usage": 64, "data": 65, "no_input": 66, "cant_create": 73, "interrupted": 130,
+                        "terminated": 143}
