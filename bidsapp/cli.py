@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="cordlesion", description="Spinal cord MS lesion segmentation (SCT lesion models) as "
                 "a BIDS App.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("bids_dir", type=Path, help="input BIDS dataset (read only)")
-    p.add_argument("output_dir", type=Path, help="output BIDS-Derivatives folder (not inside bids_dir)")
+    p.add_argument("output_dir", type=Path,
+                   help="output BIDS-Derivatives folder (outside bids_dir, or bids_dir/derivatives/<name>)")
     p.add_argument("analysis_level", help="participant (segment each image) or group (tables and QC index)")
     p.add_argument("-v", "--version", action="version", version=f"cordlesion {__version__}")
     sel = p.add_argument_group("selecting images")
