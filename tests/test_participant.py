@@ -117,7 +117,7 @@ def test_sidecars_and_dataset_description(participant_run, phantom_bids):
     assert list(state["Models"]) == ["spinalcord", "lesion_ms_mp2rage"]
     # each fact once: the pipeline block holds only what the state does not
     assert set(prov) == {"Software", "Version", "RunTimeSeconds", "LesionCount", "LesionVolumeMm3", "Date",
-                         "Pipeline", "State", "Outputs"}
+                         "Pipeline", "State", "Outputs", "LesionTable"}  # LesionTable: issue 17
     assert set(prov["Pipeline"]) == {"engine", "device", "folds", "threshold", "model_paths", "crop"}
     assert prov["Pipeline"]["folds"] == {"spinalcord": [0], "lesion_ms_mp2rage": [3]}  # SCT ships fold 3
     assert len(prov["Pipeline"]["crop"]["box_voxels"]) == 3
@@ -134,7 +134,8 @@ def test_sidecars_and_dataset_description(participant_run, phantom_bids):
     desc = json.loads((participant_run / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "cordlesion"
     assert desc["DatasetLinks"]["raw"] == phantom_bids.resolve().as_uri()
-    assert (participant_run / ".bidsignore").read_text().split() == ["**/figures", "logs", "qc", "group"]
+    assert (participant_run / ".bidsignore").read_text().split() == ["**/figures", "logs", "qc", "group",
+                                                                      "**/*_lesions.tsv", "**/*_lesions.json"]
     log_file = participant_run / job.log
     assert "lesion_ms_mp2rage" in log_file.read_text()
     settings = json.loads((participant_run / job.names.settings).read_text())

@@ -45,6 +45,5 @@ def lesion_outputs(mask: nib.Nifti1Image, cord: nib.Nifti1Image | None, *,
     provenance = {"LesionTable": {
         "Definitions": "SCT 7.3 sct_analyze_lesion (cordlesion bidsapp.analysis)",
         "Connectivity": analysis.connectivity, "CordMask": cord is not None,
-        "DropOutsideCord": bool(drop_outside_cord), "DroppedLesions": len(dropped),
-        "Lesions": analysis.count}}
+        "DropOutsideCord": bool(drop_outside_cord), "DroppedLesions": len(dropped)}}
     return LesionOutputs(mask, analysis, lesion_tsv(analysis), provenance, dict(LESION_DICTIONARY))
