@@ -410,7 +410,7 @@ def test_bids_app_run_refuses_a_changed_model(installed_ms, tmp_path, caplog, mo
     nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)),
              bids / "sub-01" / "anat" / "sub-01_T2w.nii.gz")
     code = cli.main([str(bids), str(tmp_path / "out"), "participant", "--models-dir", str(models_dir),
-                     "--skip-bids-validator", "--dry-run", "--no-crop"])  # only lesion_ms is installed
+                     "--skip-bids-validator", "--dry-run", "--no-crop", "--no-cord"])  # lesion_ms alone
     assert code == cli.EXIT["no_input"]
     assert f"{TRAINER}/plans.json: sha256 differs" in caplog.text
     assert "python -m bidsapp.models install lesion_ms" in caplog.text
