@@ -36,7 +36,8 @@ def test_two_models_on_one_image_have_distinct_valid_names(legacy_run):
     _, out, _ = legacy_run
     anat = out / "sub-02" / "anat"
     masks = sorted(p.name for p in anat.glob("*_mask.nii.gz"))
-    assert masks == ["sub-02_acq-ax_run-1_label-lesion_desc-T2wLegacyAx_mask.nii.gz",
+    assert masks == ["sub-02_acq-ax_run-1_label-SC_desc-T2w_mask.nii.gz",  # lesion_ms's cord (issue 17)
+                     "sub-02_acq-ax_run-1_label-lesion_desc-T2wLegacyAx_mask.nii.gz",
                      "sub-02_acq-ax_run-1_label-lesion_desc-T2w_mask.nii.gz"]
     report = validate(out)
     assert report.errors == {}, report.errors
