@@ -252,8 +252,9 @@ def route(images: Sequence[SourceImage], rules: Sequence[Mapping[str, Any]]) -> 
     """Jobs for ``images`` under ``rules`` (first matching rule wins; pure function).
 
     Names come from ``derivatives.image_names`` and never collide between two tasks of one image, but
-    for one case: a task's cord mask that the image's ``spinalcord`` job writes as its own mask is left
-    to that job. Any other clash (a bug) is a ConfigError.
+    for one case: a task's cord mask that the image's ``spinalcord`` job writes as its own mask, or that
+    an earlier job of the image writes as its cord, is left to that job. Any other clash (a bug) is a
+    ConfigError.
     """
     jobs: list[Job] = []
     for image in images:
@@ -269,7 +270,9 @@ def _image_jobs(image: SourceImage, task_names: Sequence[str]) -> list[Job]:
     jobs, seen = [], {}
     for task, name in names.items():
         outputs = name.outputs()
-        if name.cord in masks:  # another job of this image writes this cord mask as its mask
+        # another job of this image writes this cord mask as its mask, or (two lesion tasks on one image,
+        # issue 17) as its own cord: the first one writes it
+        if name.cord in masks or name.cord in seen:
             outputs = {k: v for k, v in outputs.items() if k not in ("cord", "cord_json")}
         for path in [*outputs.values(), *(p for p in name.paths() if p not in name.outputs().values())]:
             if path in seen:

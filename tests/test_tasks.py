@@ -80,3 +80,16 @@ def test_lesion_tables_and_cord_outputs():
     assert ms.models_run(crop=False, cord=False) == ("lesion_ms",)
     assert ms.models_run(crop=True, cord=False) == ("spinalcord", "lesion_ms")
     assert tasks.get("lesion_ms_mp2rage").models_run(crop=False) == ("spinalcord", "lesion_ms_mp2rage")
+
+
+def test_two_lesion_tasks_on_one_image_write_its_cord_once():
+    """Both lesion tasks write the image's cord mask (issue 17): routed together, the first one does."""
+    from pathlib import Path
+
+    from bidsapp import plan
+
+    rel = "sub-01/anat/sub-01_UNIT1.nii.gz"
+    image = plan.SourceImage(Path(f"/d/{rel}"), rel, "UNIT1", {"subject": "01", "suffix": "UNIT1"})
+    jobs = plan.route([image], [{"match": {"suffix": "UNIT1"}, "tasks": ["lesion_ms_mp2rage", "lesion_ms"]}])
+    assert ["cord" in j.outputs for j in jobs] == [True, False]
+    assert len({j.outputs["mask"] for j in jobs}) == 2
