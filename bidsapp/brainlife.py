@@ -75,7 +75,7 @@ def _options(config: dict[str, Any]) -> tuple[str, ...]:
     for flag in ("demo", "tta"):
         if config.get(flag):
             opts.append(f"--{flag}")
-    if config.get("crop") is not None:  # lesion_ms around the cord (default) or the whole image
+    if config.get("crop") is not None:  # lesion_ms around the cord or the whole image (default, as SCT)
         opts.append("--crop" if config["crop"] else "--no-crop")
     for key in ("device", "precision"):
         if config.get(key):
