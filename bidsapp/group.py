@@ -42,7 +42,7 @@ DATA_DICTIONARY: dict[str, dict[str, Any]] = {
     "contrast": {"Description": "BIDS suffix of the source image (T2w, T2starw, T2star, UNIT1, ...)."},
     "task": {"Description": "Segmentation task run on the image (cordlesion task name).",
              "Levels": {t.name: t.summary for t in map(tasks.get, tasks.names(routable=True))}},
-    "lesion_count": {"Description": "Number of lesions: 26-connected components of the lesion mask; "
+    "lesion_count": {"Description": "Number of lesions: 18-connected components of the lesion mask (SCT); "
                                     "n/a when the image failed."},
     "total_lesion_volume_mm3": {"Description": "Sum of lesion voxel volumes (voxel count x voxel volume from "
                                                "the header zooms).", "Units": "mm^3"},

@@ -1,8 +1,9 @@
 """Lesion counts and volumes from a binary lesion mask.
 
-A lesion is one 26-connected component of non-zero voxels (faces, edges and corners touch), the
-convention of SCT's ``sct_analyze_lesion`` and of most MS lesion-count studies. Volumes use the voxel
-size from the header zooms, so they are in mm^3 whatever the grid orientation.
+A lesion is one 18-connected component of non-zero voxels (faces and edges touch, corners alone do not),
+SCT 7.3's convention (``sct_analyze_lesion``: ``skimage.measure.label(connectivity=2)`` on a 3D array); the
+per-lesion table (``bidsapp.analysis``) uses the same structure, so both always count the same lesions.
+Volumes use the voxel size from the header zooms, so they are in mm^3 whatever the grid orientation.
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from .errors import InputImageError
 
 log = logging.getLogger(__name__)
 
-# 3x3x3 block of ones = 26-connectivity (scipy's default structure would be 6-connectivity).
-_STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
+#: 18-connectivity (scipy's default structure would be 6-connectivity, a 3x3x3 block of ones 26)
+STRUCTURE_18 = ndimage.generate_binary_structure(3, 2)
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,8 @@ def voxel_volume_mm3(img: nib.Nifti1Image) -> float:
 
 
 def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """Label 26-connected components of ``mask != 0``; returns ``(labels int32, n)``."""
-    labels, n = ndimage.label(np.asarray(mask) != 0, structure=_STRUCTURE_26)
+    """Label 18-connected components of ``mask != 0``; returns ``(labels int32, n)``."""
+    labels, n = ndimage.label(np.asarray(mask) != 0, structure=STRUCTURE_18)
     return labels, int(n)
 
 

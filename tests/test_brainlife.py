@@ -170,8 +170,8 @@ def test_main_runs_like_brainlife_and_writes_neuro_mask_and_product(tmp_path):
         figures = product["lesions"][key]
         assert figures["derivative"].startswith("sub-S3/ses-base/anat/sub-S3_ses-base_label-lesion_")
         assert (job / "cordlesion" / figures["derivative"]).read_bytes() == mask_path.read_bytes()
-        # lesion figures recomputed independently: 26-connected components, voxel volume from zooms
-        labels, n = ndimage.label(data > 0, structure=np.ones((3, 3, 3)))
+        # lesion figures recomputed independently: 18-connected components (SCT 7.3), voxel volume from zooms
+        labels, n = ndimage.label(data > 0, structure=ndimage.generate_binary_structure(3, 2))
         voxel = float(np.prod(mask.header.get_zooms()[:3]))
         assert figures["count"] == n
         assert figures["total_volume_mm3"] == pytest.approx(float((data > 0).sum()) * voxel, rel=1e-6)

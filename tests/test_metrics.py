@@ -21,9 +21,9 @@ def _img(data: np.ndarray, zooms=ZOOMS) -> nib.Nifti1Image:
 
 
 def _flood_fill_sizes(mask: np.ndarray) -> list[int]:
-    """Component sizes by breadth-first search over the 26 neighbours (no scipy)."""
+    """Component sizes by breadth-first search over the 18 face and edge neighbours (no scipy)."""
     seen = np.zeros(mask.shape, bool)
-    steps = [d for d in product((-1, 0, 1), repeat=3) if d != (0, 0, 0)]
+    steps = [d for d in product((-1, 0, 1), repeat=3) if 0 < sum(map(abs, d)) <= 2]
     sizes = []
     for start in zip(*np.nonzero(mask), strict=True):
         if seen[start]:
@@ -54,14 +54,14 @@ def test_matches_flood_fill_on_random_masks(seed):
     assert stats.largest_mm3 == pytest.approx(expected[0] * voxel)
 
 
-def test_corner_contact_is_one_lesion_and_gap_makes_two():
-    mask = np.zeros((6, 6, 6), bool)
-    mask[1, 1, 1] = mask[2, 2, 2] = True          # touch at a corner only: one lesion (26-connectivity)
-    mask[4:6, 4:6, 4:6] = True                    # 8 voxels, separated by a gap: a second lesion
+def test_edge_contact_is_one_lesion_corner_contact_two():
+    mask = np.zeros((7, 7, 7), bool)
+    mask[1, 1, 1] = mask[2, 2, 1] = True          # touch along an edge: one lesion (18-connectivity, SCT 7.3)
+    mask[4, 4, 4] = mask[5, 5, 5] = True          # touch at a corner only: two lesions
     stats = lesion_stats(_img(mask, (1.0, 1.0, 2.0)))
-    assert stats.count == 2
-    assert stats.volumes_mm3 == [16.0, 4.0]       # largest first
-    assert stats.total_mm3 == 20.0
+    assert stats.count == 3
+    assert stats.volumes_mm3 == [4.0, 2.0, 2.0]   # largest first
+    assert stats.total_mm3 == 8.0
 
 
 def test_empty_mask_and_nonbinary_values():

@@ -20,13 +20,15 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from .. import metrics
 from ..errors import InputImageError
 from ..orientation import Reorientation, to_sct_orientation
 from .angles import Angles, cord_angles
 from .bridges import Bridges, Midsagittal, midsagittal, tissue_bridges
 
-#: 18-connectivity, as SCT 7.3 (skimage ``label(connectivity=2)`` on a 3D array).
-STRUCTURE_18 = ndimage.generate_binary_structure(3, 2)
+#: 18-connectivity, as SCT 7.3 (skimage ``label(connectivity=2)`` on a 3D array): the one structure of
+#: ``metrics``, so the sidecar's lesion count and this table always agree
+STRUCTURE_18 = metrics.STRUCTURE_18
 #: SCT's working orientation.
 SCT_WORKING = "RPI"
 
