@@ -130,10 +130,11 @@ def time_page(out: Path, reps: int) -> dict[str, list[float]]:
 
 def time_render(reps: int) -> tuple[tuple[int, ...], list[float], dict[str, int]]:
     """Participant-level cost: render_image_qc on a 320x320x60 phantom (0.7x0.7x3 mm) with its cord."""
-    from bidsapp.demo.phantom import make_phantom
+    from bidsapp.demo.phantom import Grid, make_phantom
     from bidsapp.qc import render_image_qc
 
-    ph = make_phantom("T2w", rng=np.random.default_rng(0), voxel_size=(0.7, 0.7, 3.0), fov_mm=(224, 224, 180))
+    grid = Grid(voxel_size=(0.7, 0.7, 3.0), fov_mm=(224, 224, 180))
+    ph = make_phantom("T2w", rng=np.random.default_rng(0), grid=grid)
     times, out = [], {}
     for _ in range(reps):
         start = time.perf_counter()

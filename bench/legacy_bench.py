@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from bidsapp import legacy
-from bidsapp.demo.phantom import make_anatomy, make_phantom
+from bidsapp.demo.phantom import Grid, make_anatomy, make_phantom
 from bidsapp.models import locate
 
 CASES = {  # task: (contrast, orientation, voxel size mm, field of view mm R-L, A-P, S-I)
@@ -34,7 +34,7 @@ def main() -> None:
     for name, (task, contrast, orientation, voxel, fov) in CASES.items():
         rng = np.random.default_rng(5)
         ph = make_phantom(contrast, rng=rng, anatomy=make_anatomy(rng, n_lesions=3, z_range=(-40, 40)),
-                          orientation=orientation, voxel_size=voxel, fov_mm=fov)
+                          grid=Grid(orientation, voxel, fov))
         model = legacy.load_model(str(locate(task, demo=True).path), "cpu")
         data, cord = np.asanyarray(ph.image.dataobj), np.asanyarray(ph.cord.dataobj)
         walls, cpus = [], []

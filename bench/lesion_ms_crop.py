@@ -143,19 +143,18 @@ def timing(args) -> dict:
 # ---- agreement --------------------------------------------------------------------------------------
 def held_out_phantoms(n: int, seed0: int = 90_000):
     """Phantoms with lesions (inside the cord by construction), wider field of view than training."""
-    from bidsapp.demo.phantom import AXIAL_ORIENTATIONS, SAGITTAL_ORIENTATIONS, make_phantom
+    from bidsapp.demo.phantom import AXIAL_ORIENTATIONS, SAGITTAL_ORIENTATIONS, Grid, make_phantom
 
     for i in range(n):
         rng = np.random.default_rng(seed0 + i)
         contrast = ("T2w", "T2starw")[i % 2]
         plane = "ax" if (i // 2) % 2 == 0 else "sag"
         if plane == "ax":
-            geo = {"orientation": AXIAL_ORIENTATIONS[i % len(AXIAL_ORIENTATIONS)],
-                   "voxel_size": (0.5, 0.5, 2.0), "fov_mm": (100.0, 100.0, 70.0)}
+            geo = Grid(AXIAL_ORIENTATIONS[i % len(AXIAL_ORIENTATIONS)], (0.5, 0.5, 2.0), (100.0, 100.0, 70.0))
         else:
-            geo = {"orientation": SAGITTAL_ORIENTATIONS[i % len(SAGITTAL_ORIENTATIONS)],
-                   "voxel_size": (0.8, 0.8, 0.8), "fov_mm": (90.0, 90.0, 90.0)}
-        yield f"{contrast}-{plane}-{seed0 + i}", make_phantom(contrast, rng=rng, **geo)
+            geo = Grid(SAGITTAL_ORIENTATIONS[i % len(SAGITTAL_ORIENTATIONS)], (0.8, 0.8, 0.8),
+                       (90.0, 90.0, 90.0))
+        yield f"{contrast}-{plane}-{seed0 + i}", make_phantom(contrast, rng=rng, grid=geo)
 
 
 def agreement(args) -> list[dict]:

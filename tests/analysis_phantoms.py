@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import nibabel as nib
 import numpy as np
 
-from bidsapp.demo.phantom import Anatomy, Lesion, grid_affine, make_phantom
+from bidsapp.demo.phantom import Anatomy, Appearance, Grid, Lesion, grid_affine, make_phantom
 
 
 @dataclass(frozen=True)
@@ -123,11 +123,11 @@ def two_sessions(*, orientation: tuple[str, str, str] = ("R", "A", "S"),
     them; do not modify the images)."""
     motion = rigid_ras(rotation_deg, shift_mm)
     rng = np.random.default_rng(seed)
-    common = {"fov_mm": (36.0, 44.0, 80.0), "noise": 0.01, "bias": 0.1, "intensity_jitter": 0.0,
-              "centre": (0.0, 2.0, 0.0)}
-    base = make_phantom("T2w", rng=rng, anatomy=replace(ANATOMY, lesions=STABLE + (GROWING,)),
-                        orientation=("P", "S", "R"), voxel_size=(0.8, 0.8, 0.8), tilt_deg=0.0, **common)
-    follow = make_phantom("T2w", rng=rng, anatomy=replace(ANATOMY, lesions=STABLE + (GROWN, NEW)),
-                          orientation=orientation, voxel_size=voxel, tilt_deg=3.0, **common)
+    look = Appearance(noise=0.01, bias=0.1, intensity_jitter=0.0)
+    fov, centre = (36.0, 44.0, 80.0), (0.0, 2.0, 0.0)
+    base = make_phantom("T2w", rng=rng, anatomy=replace(ANATOMY, lesions=STABLE + (GROWING,)), look=look,
+                        grid=Grid(("P", "S", "R"), (0.8, 0.8, 0.8), fov, centre, tilt_deg=0.0))
+    follow = make_phantom("T2w", rng=rng, anatomy=replace(ANATOMY, lesions=STABLE + (GROWN, NEW)), look=look,
+                          grid=Grid(orientation, voxel, fov, centre, tilt_deg=3.0))
     return Sessions(base.image, base.lesion, base.cord, _moved(follow.image, motion),
                     _moved(follow.lesion, motion), _moved(follow.cord, motion), motion)

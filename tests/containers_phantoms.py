@@ -12,7 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bidsapp.demo.phantom import Phantom, make_anatomy, make_phantom
+from bidsapp.demo.phantom import Grid, Phantom, make_anatomy, make_phantom
 
 SMALL_FOV_MM = (28.0, 32.0, 40.0)
 # nibabel axis codes per image, so the runs also cover non-RAS grids
@@ -25,8 +25,8 @@ def write_image(path: Path, contrast: str, *, seed: int, orientation=("R", "A", 
     # lesions of 6-15 mm along the cord (default 2-15): the smallest ones the demo models may miss
     # entirely, and these tests use the overlap with the truth to catch swapped or flipped masks
     anatomy = make_anatomy(rng, n_lesions=2, z_range=(-12, 12), lesion_size_range=(6.0, 15.0))
-    phantom = make_phantom(contrast, rng=rng, anatomy=anatomy, orientation=orientation,
-                           voxel_size=(0.8, 0.8, 0.8), fov_mm=SMALL_FOV_MM, tilt_deg=0.0)
+    phantom = make_phantom(contrast, rng=rng, anatomy=anatomy,
+                           grid=Grid(orientation, (0.8, 0.8, 0.8), SMALL_FOV_MM, tilt_deg=0.0))
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(phantom.image, path)
     return phantom

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from bidsapp.demo.dataset import save_nifti
-from bidsapp.demo.phantom import make_phantom
+from bidsapp.demo.phantom import Grid, make_phantom
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_PY = REPO / "run.py"
@@ -52,8 +52,8 @@ def tiny_bids(root: Path, n_subjects: int = 2, seed: int = 7) -> Path:
         {"Name": "reliability phantoms", "BIDSVersion": "1.10.0", "Authors": ["cordlesion tests"]}))
     (root / "README").write_text("Tiny phantom dataset for the reliability tests.\n")
     for i in range(n_subjects):
-        ph = make_phantom("T2w", rng=np.random.default_rng([seed, i]), fov_mm=(24.0, 28.0, 48.0),
-                          tilt_deg=3.0)
+        ph = make_phantom("T2w", rng=np.random.default_rng([seed, i]),
+                          grid=Grid(fov_mm=(24.0, 28.0, 48.0), tilt_deg=3.0))
         write_image(root, f"sub-{i + 1:02d}", "sag", ph.image)
     return root
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from bidsapp import models
-from bidsapp.demo.phantom import AXIAL_ORIENTATIONS, SAGITTAL_ORIENTATIONS, make_anatomy, make_phantom
+from bidsapp.demo.phantom import AXIAL_ORIENTATIONS, SAGITTAL_ORIENTATIONS, Grid, make_anatomy, make_phantom
 from bidsapp.demo.train import DEMO_ROOT, TASKS
 from bidsapp.pipelines import RunOptions, segment
 
@@ -46,7 +46,7 @@ def _test_phantom(contrast: str, i: int, n_lesions: int | None = None):
         geometry = {"orientation": AXIAL_ORIENTATIONS[i % 4], "voxel_size": (0.5, 0.5, 3.0 + i % 3)}
     else:
         geometry = {"orientation": SAGITTAL_ORIENTATIONS[i % 5], "voxel_size": (0.8, 0.8, 0.8)}
-    return make_phantom(contrast, rng=rng, anatomy=anatomy, fov_mm=(40, 44, 70), **geometry)
+    return make_phantom(contrast, rng=rng, anatomy=anatomy, grid=Grid(fov_mm=(40, 44, 70), **geometry))
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,8 @@ def test_nnunetv2_loads_and_agrees():
     """nnunetv2's own predictor (the oracle) loads the demo folder and finds the same cord."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    ph = make_phantom("T2w", rng=np.random.default_rng([TEST_SEED, 7]), fov_mm=(32, 32, 40))  # small: quick
+    small = Grid(fov_mm=(32, 32, 40))  # small: quick
+    ph = make_phantom("T2w", rng=np.random.default_rng([TEST_SEED, 7]), grid=small)
     folder = _folder("spinalcord")
     oracle = nnUNetPredictor(
         tile_step_size=0.5,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bidsapp.demo.phantom import make_anatomy, make_phantom
+from bidsapp.demo.phantom import Grid, make_anatomy, make_phantom
 from bidsapp.group import COLUMNS, DATA_DICTIONARY, run_group
 from bidsapp.qc import QcJob, qc_names, write_image_qc
 from bidsapp.qc.index import PAGE_SIZE
@@ -63,7 +63,7 @@ def group_out(tmp_path_factory):
     for sub, ses, acq, run, contrast, task, seed, lesions in CASES:
         rng = np.random.default_rng(seed)
         anatomy = make_anatomy(rng, n_lesions=3 if lesions else 0)
-        ph = make_phantom(contrast, rng=rng, anatomy=anatomy, voxel_size=(0.8, 0.8, 1.6))
+        ph = make_phantom(contrast, rng=rng, anatomy=anatomy, grid=Grid(voxel_size=(0.8, 0.8, 1.6)))
         src = _source(sub, ses, acq, run, contrast)
         write_image_qc(out, QcJob(src, task, "demo-1", True, runtime_s=1.5), image=ph.image, mask=ph.lesion,
                        cord=ph.cord)

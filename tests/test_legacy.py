@@ -9,7 +9,7 @@ import pytest
 from scipy.interpolate import interp1d
 
 from bidsapp import legacy
-from bidsapp.demo.phantom import AXIAL_ORIENTATIONS, SAGITTAL_ORIENTATIONS, make_anatomy, make_phantom
+from bidsapp.demo.phantom import AXIAL_ORIENTATIONS, SAGITTAL_ORIENTATIONS, Grid, make_anatomy, make_phantom
 from bidsapp.engine.onnx import OnnxModel
 from bidsapp.errors import InputImageError, ModelError
 
@@ -166,7 +166,7 @@ ORIENTATIONS = [(o, (0.8, 0.8, 0.8)) for o in SAGITTAL_ORIENTATIONS] + \
 def phantoms():
     rng = np.random.default_rng(42)
     anatomy = make_anatomy(rng, n_lesions=3, z_range=(-15, 15))
-    return {o: make_phantom("T2w", rng=rng, anatomy=anatomy, orientation=o, voxel_size=v, fov_mm=(36, 40, 50))
+    return {o: make_phantom("T2w", rng=rng, anatomy=anatomy, grid=Grid(o, v, fov_mm=(36, 40, 50)))
             for o, v in ORIENTATIONS}
 
 

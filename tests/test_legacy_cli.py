@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bidsapp import segment
-from bidsapp.demo.phantom import make_anatomy, make_phantom
+from bidsapp.demo.phantom import Grid, make_anatomy, make_phantom
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +14,7 @@ def t2_image(tmp_path_factory):
     """A sagittal T2w phantom written as ``t2.nii.gz`` (SCT's sample name), with its ground truth."""
     rng = np.random.default_rng(880_001)
     ph = make_phantom("T2w", rng=rng, anatomy=make_anatomy(rng, n_lesions=3, z_range=(-25, 25)),
-                      orientation=("P", "I", "R"), voxel_size=(0.8, 0.8, 0.8))
+                      grid=Grid(orientation=("P", "I", "R"), voxel_size=(0.8, 0.8, 0.8)))
     folder = tmp_path_factory.mktemp("sct")
     nib.save(ph.image, folder / "t2.nii.gz")
     return folder / "t2.nii.gz", ph

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from bidsapp import legacy
-from bidsapp.demo.phantom import make_anatomy, make_phantom
+from bidsapp.demo.phantom import Grid, make_anatomy, make_phantom
 from bidsapp.demo.train_legacy import RECIPES, net_from_onnx, parity
 from bidsapp.engine.onnx import OnnxModel
 from bidsapp.models import locate
@@ -35,8 +35,7 @@ def cases():
             orientation = recipe["orientations"][(i + k) % len(recipe["orientations"])]
             voxel = recipe["voxel_sizes"][i % len(recipe["voxel_sizes"])]
             out[task].append(make_phantom(recipe["contrast"], rng=rng, anatomy=anatomy,
-                                          orientation=orientation,
-                                          voxel_size=voxel))
+                                          grid=Grid(orientation=orientation, voxel_size=voxel)))
     return out
 
 
@@ -83,7 +82,7 @@ def test_demo_models_find_phantom_lesions(task, cases):
 def test_demo_models_on_lesion_free_phantoms(task):
     recipe, rng = RECIPES[task], np.random.default_rng(TEST_SEED + 50)
     ph = make_phantom(recipe["contrast"], rng=rng, anatomy=make_anatomy(rng, n_lesions=0),
-                      orientation=recipe["orientations"][0], voxel_size=recipe["voxel_sizes"][0])
+                      grid=Grid(orientation=recipe["orientations"][0], voxel_size=recipe["voxel_sizes"][0]))
     mask, _ = legacy.run_legacy(np.asanyarray(ph.image.dataobj), ph.image.affine,
                                 np.asanyarray(ph.cord.dataobj), task, OnnxModel(_path(task)))
     volume_mm3 = mask.sum() * float(np.prod(ph.image.header.get_zooms()[:3]))

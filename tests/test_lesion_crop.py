@@ -24,15 +24,15 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 def test_crop_path_agrees_with_whole_image_on_the_input_grid():
     import torch
 
-    from bidsapp.demo.phantom import make_phantom
+    from bidsapp.demo.phantom import Grid, make_phantom
 
     torch.set_num_threads(2)
     # a field of view wider than the box, so the crop really removes tissue (the default 30 mm margin
     # would keep all of this small phantom): 10 mm in-plane, 5 mm along S-I
     box_rule = dataclasses.replace(LESION_MS.crop.box, margin_mm=10.0, margin_si_mm=5.0)
     spec = dataclasses.replace(LESION_MS, crop=dataclasses.replace(LESION_MS.crop, box=box_rule))
-    ph = make_phantom("T2w", rng=np.random.default_rng(8), orientation=("R", "A", "S"),
-                      voxel_size=(0.8, 0.8, 0.8), fov_mm=(56.0, 56.0, 40.0))
+    grid = Grid(orientation=("R", "A", "S"), voxel_size=(0.8, 0.8, 0.8), fov_mm=(56.0, 56.0, 40.0))
+    ph = make_phantom("T2w", rng=np.random.default_rng(8), grid=grid)
     truth = np.asarray(ph.lesion.dataobj) > 0
     full = pipelines.segment(ph.image, task=spec, options=RunOptions(demo=True, device="cpu", crop=False))
     crop = pipelines.segment(ph.image, task=spec, options=RunOptions(demo=True, device="cpu", crop=True))

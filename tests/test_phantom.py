@@ -18,7 +18,14 @@ from scipy import ndimage
 
 from bidsapp.demo.__main__ import main as demo_main
 from bidsapp.demo.dataset import write_dataset
-from bidsapp.demo.phantom import AXIAL_ORIENTATIONS, SAGITTAL_ORIENTATIONS, make_anatomy, make_phantom
+from bidsapp.demo.phantom import (
+    AXIAL_ORIENTATIONS,
+    SAGITTAL_ORIENTATIONS,
+    Appearance,
+    Grid,
+    make_anatomy,
+    make_phantom,
+)
 
 VALIDATOR = Path(sys.executable).with_name("bids-validator-deno")
 
@@ -42,9 +49,9 @@ def test_same_seed_gives_byte_identical_dataset(tmp_path):
 
 
 def test_make_phantom_is_a_pure_function_of_the_rng():
-    kwargs = {"orientation": ("L", "A", "S"), "voxel_size": (0.5, 0.5, 4.0), "fov_mm": (40, 40, 60)}
-    p1 = make_phantom("T2w", rng=np.random.default_rng(3), **kwargs)
-    p2 = make_phantom("T2w", rng=np.random.default_rng(3), **kwargs)
+    grid = Grid(orientation=("L", "A", "S"), voxel_size=(0.5, 0.5, 4.0), fov_mm=(40, 40, 60))
+    p1 = make_phantom("T2w", rng=np.random.default_rng(3), grid=grid)
+    p2 = make_phantom("T2w", rng=np.random.default_rng(3), grid=grid)
     np.testing.assert_array_equal(np.asarray(p1.image.dataobj), np.asarray(p2.image.dataobj))
     np.testing.assert_array_equal(np.asarray(p1.lesion.dataobj), np.asarray(p2.lesion.dataobj))
     np.testing.assert_array_equal(p1.image.affine, p2.image.affine)
@@ -62,10 +69,7 @@ def test_grid_orientation_voxel_size_and_header_codes(orientation, voxel_size):
     ph = make_phantom(
         "T2starw",
         rng=np.random.default_rng(1),
-        orientation=orientation,
-        voxel_size=voxel_size,
-        fov_mm=fov,
-        tilt_deg=6.0,
+        grid=Grid(orientation=orientation, voxel_size=voxel_size, fov_mm=fov, tilt_deg=6.0),
     )
     img = ph.image
     assert nib.aff2axcodes(img.affine) == tuple(orientation)
@@ -83,17 +87,14 @@ def test_grid_orientation_voxel_size_and_header_codes(orientation, voxel_size):
     assert img.get_data_dtype() == np.int16
 
 
+#: an axial, straight, centred grid of small voxels: the geometry tests measure on it
+AXIAL_GRID = Grid(
+    orientation=("R", "A", "S"), voxel_size=(0.4, 0.4, 1.0), fov_mm=(40, 40, 60), centre=(0, 0, 0), tilt_deg=0
+)
+
+
 def _axial(contrast: str, seed: int, **kwargs):
-    return make_phantom(
-        contrast,
-        rng=np.random.default_rng(seed),
-        orientation=("R", "A", "S"),
-        voxel_size=(0.4, 0.4, 1.0),
-        fov_mm=(40, 40, 60),
-        tilt_deg=0.0,
-        centre=(0, 0, 0),
-        **kwargs,
-    )
+    return make_phantom(contrast, rng=np.random.default_rng(seed), grid=AXIAL_GRID, **kwargs)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -151,19 +152,14 @@ def test_tissue_contrast(contrast):
 
 
 def test_noise_and_bias_are_present():
-    ph = _axial("T2w", 4, anatomy=make_anatomy(np.random.default_rng(4), n_lesions=0), bias=0.25)
+    anatomy = make_anatomy(np.random.default_rng(4), n_lesions=0)
+    ph = _axial("T2w", 4, anatomy=anatomy, look=Appearance(bias=0.25))
     flat = make_phantom(
         "T2w",
         rng=np.random.default_rng(4),
         anatomy=ph.anatomy,
-        orientation=("R", "A", "S"),
-        voxel_size=(0.4, 0.4, 1.0),
-        fov_mm=(40, 40, 60),
-        tilt_deg=0.0,
-        centre=(0, 0, 0),
-        noise=0.0,
-        bias=0.0,
-        dtype=np.float32,
+        grid=AXIAL_GRID,
+        look=Appearance(noise=0.0, bias=0.0, dtype=np.float32),
     )
     diff = ph.image.get_fdata() - flat.image.get_fdata()
     assert np.std(diff) > 5.0  # noise and bias change the clean image

@@ -19,7 +19,7 @@ import torch
 from engine_models import build_folder, dice, make_image, one_torch_thread  # noqa: F401
 
 from bidsapp import models
-from bidsapp.demo.phantom import AXIAL_ORIENTATIONS, SAGITTAL_ORIENTATIONS, make_anatomy, make_phantom
+from bidsapp.demo.phantom import AXIAL_ORIENTATIONS, SAGITTAL_ORIENTATIONS, Grid, make_anatomy, make_phantom
 from bidsapp.engine import NnUNetModel, NnUNetPredictor, nnunet, precision, sliding
 from bidsapp.engine.precision import CpuFeatures, is_emulated, parse_cpu_flags, resolve_precision
 
@@ -214,7 +214,7 @@ def _held_out_phantom(contrast: str, i: int):
         geometry = {"orientation": AXIAL_ORIENTATIONS[i % 4], "voxel_size": (0.5, 0.5, 3.0 + i % 3)}
     else:
         geometry = {"orientation": SAGITTAL_ORIENTATIONS[i % 5], "voxel_size": (0.8, 0.8, 0.8)}
-    return make_phantom(contrast, rng=rng, anatomy=anatomy, fov_mm=(40, 44, 70), **geometry)
+    return make_phantom(contrast, rng=rng, anatomy=anatomy, grid=Grid(fov_mm=(40, 44, 70), **geometry))
 
 
 @pytest.mark.parametrize("task,contrast", CASES)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bidsapp import brainlife, cli, derivatives, pipelines, runner, segment
-from bidsapp.demo.phantom import make_phantom
+from bidsapp.demo.phantom import Grid, make_phantom
 from bidsapp.engine import precision
 from bidsapp.engine.precision import PRECISIONS, CpuFeatures
 from bidsapp.errors import ConfigError
@@ -138,7 +138,7 @@ def one_image(tmp_path_factory):
     (root / "dataset_description.json").write_text(json.dumps({"Name": "precision", "BIDSVersion": "1.9.0"}))
     anat = root / "sub-01" / "anat"
     anat.mkdir(parents=True)
-    phantom = make_phantom("T2w", rng=np.random.default_rng(1616), fov_mm=(36.0, 40.0, 60.0))
+    phantom = make_phantom("T2w", rng=np.random.default_rng(1616), grid=Grid(fov_mm=(36.0, 40.0, 60.0)))
     nib.save(phantom.image, anat / "sub-01_T2w.nii.gz")
     return root, anat / "sub-01_T2w.nii.gz"
 

@@ -31,6 +31,7 @@ from .phantom import (
     AXIAL_ORIENTATIONS,
     SAGITTAL_ORIENTATIONS,
     Anatomy,
+    Grid,
     add_lesions,
     make_anatomy,
     make_phantom,
@@ -210,20 +211,20 @@ def _bids_stem(sub: str, ses: str | None, acq: Acquisition) -> str:
     return "_".join(parts)
 
 
-def _geometry(rng: np.random.Generator, acq: Acquisition) -> dict:
+def _geometry(rng: np.random.Generator, acq: Acquisition) -> Grid:
     if acq.plane == "sag":
         orientation = SAGITTAL_ORIENTATIONS[int(rng.integers(len(SAGITTAL_ORIENTATIONS)))]
-        return {
-            "orientation": orientation,
-            "voxel_size": (acq.slice_mm,) * 3,
-            "fov_mm": (rng.uniform(36, 44), rng.uniform(44, 56), rng.uniform(88, 110)),
-        }
+        return Grid(
+            orientation=orientation,
+            voxel_size=(acq.slice_mm,) * 3,
+            fov_mm=(rng.uniform(36, 44), rng.uniform(44, 56), rng.uniform(88, 110)),
+        )
     orientation = AXIAL_ORIENTATIONS[int(rng.integers(len(AXIAL_ORIENTATIONS)))]
-    return {
-        "orientation": orientation,
-        "voxel_size": (0.5, 0.5, acq.slice_mm),
-        "fov_mm": (rng.uniform(40, 52), rng.uniform(40, 52), rng.uniform(60, 80)),
-    }
+    return Grid(
+        orientation=orientation,
+        voxel_size=(0.5, 0.5, acq.slice_mm),
+        fov_mm=(rng.uniform(40, 52), rng.uniform(40, 52), rng.uniform(60, 80)),
+    )
 
 
 def _write_image(
@@ -237,10 +238,10 @@ def _write_image(
 ) -> PhantomImage:
     ses = visit.ses
     contrast = f"inv-{acq.inv}" if acq.inv else acq.suffix
-    geometry = _geometry(rng, acq)
+    grid = _geometry(rng, acq)
     if acq.inv:  # the inversions share the UNIT1 grid of the same MP2RAGE acquisition
-        geometry["orientation"] = ("A", "S", "L")
-    phantom = _moved(make_phantom(contrast, rng=rng, anatomy=anatomy, **geometry), visit.motion)
+        grid = replace(grid, orientation=("A", "S", "L"))
+    phantom = _moved(make_phantom(contrast, rng=rng, anatomy=anatomy, grid=grid), visit.motion)
     stem = _bids_stem(sub, ses, acq)
     rel_dir = Path(f"sub-{sub}") / (f"ses-{ses}" if ses else "") / "anat"
     name = f"{stem}_{acq.suffix}"
@@ -253,7 +254,7 @@ def _write_image(
         "SliceThickness": acq.slice_mm,
         **_SEQUENCE[acq.suffix],
         "PhantomSeed": seed,
-        "PhantomOrientation": "".join(geometry["orientation"]),
+        "PhantomOrientation": "".join(grid.orientation),
     }
     if acq.suffix == "MP2RAGE":
         sidecar.update({"InversionTime": 0.7 if acq.inv == 1 else 2.5, "FlipAngle": 4 if acq.inv == 1 else 5})

@@ -12,7 +12,8 @@ Example::
 
     rng = np.random.default_rng(0)
     anat = make_anatomy(rng, n_lesions=2)
-    ph = make_phantom("T2w", rng=rng, anatomy=anat, orientation=("P", "S", "R"), voxel_size=(0.8,) * 3)
+    grid = Grid(orientation=("P", "S", "R"), voxel_size=(0.8,) * 3)
+    ph = make_phantom("T2w", rng=rng, anatomy=anat, grid=grid, look=Appearance(noise=0.02))
     ph.image, ph.lesion, ph.cord  # nib.Nifti1Image on one grid
 """
 
@@ -31,6 +32,8 @@ __all__ = [
     "Lesion",
     "Anatomy",
     "Phantom",
+    "Grid",
+    "Appearance",
     "make_anatomy",
     "make_phantom",
     "grid_affine",
@@ -123,6 +126,35 @@ class Phantom:
     lesion: nib.Nifti1Image
     cord: nib.Nifti1Image
     anatomy: Anatomy
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where and how an image samples the anatomy. ``orientation``: nibabel axis codes of the array
+    axes; ``voxel_size`` per array axis (mm); ``fov_mm``: R-L, A-P, S-I extents; ``centre``: RAS mm of
+    the grid centre (None: near the cord, a random offset of a few mm); ``tilt_deg``: obliquity about
+    R-L (None: random +-8 degrees)."""
+
+    orientation: Sequence[str] = ("R", "A", "S")
+    voxel_size: Sequence[float] = (0.8, 0.8, 0.8)
+    fov_mm: Sequence[float] = (40.0, 48.0, 96.0)
+    centre: Sequence[float] | None = None
+    tilt_deg: float | None = None
+
+
+@dataclass(frozen=True)
+class Appearance:
+    """How the sampled tissues look. ``noise``: Rician sigma relative to the contrast's scale (None:
+    1-3 %); ``bias``: strength of the bias field (None: 0.1-0.25); ``intensity_jitter``: relative
+    per-tissue spread of the contrast's mean intensities; ``lesion_contrast``: lesion intensity
+    relative to the brighter (ratio > 1) or darker (ratio < 1) of white and grey matter (None: the
+    contrast's table); integer ``dtype`` images are rounded and clipped as scanners store them."""
+
+    noise: float | None = None
+    bias: float | None = None
+    intensity_jitter: float = 0.08
+    lesion_contrast: float | None = None
+    dtype: type = np.int16
 
 
 def _random_lesion(
@@ -339,50 +371,37 @@ def make_phantom(
     *,
     rng: np.random.Generator,
     anatomy: Anatomy | None = None,
-    orientation: Sequence[str] = ("R", "A", "S"),
-    voxel_size: Sequence[float] = (0.8, 0.8, 0.8),
-    fov_mm: Sequence[float] = (40.0, 48.0, 96.0),
-    centre: Sequence[float] | None = None,
-    tilt_deg: float | None = None,
-    noise: float | None = None,
-    bias: float | None = None,
-    intensity_jitter: float = 0.08,
-    lesion_contrast: float | None = None,
-    dtype: type = np.int16,
+    grid: Grid = Grid(),
+    look: Appearance = Appearance(),
 ) -> Phantom:
-    """Sample ``anatomy`` (random if None) as one ``contrast`` image (a key of :data:`CONTRASTS`).
-
-    ``orientation``: nibabel axis codes of the array axes; ``voxel_size`` per array axis (mm);
-    ``fov_mm``: R-L, A-P, S-I extents; ``centre``: RAS mm of the grid centre (default: near the cord,
-    random offset of a few mm); ``tilt_deg``: obliquity about R-L (default random +-8 degrees);
-    ``noise``: Rician sigma relative to the contrast's scale (default 1-3 %); ``bias``: strength of the
-    bias field (default 0.1-0.25); ``lesion_contrast``: lesion intensity relative to the
-    brighter (ratio > 1) or darker (ratio < 1) of white and grey matter (default: the contrast's
-    table). Integer ``dtype`` images are rounded and clipped as scanners store them. qform and sform
-    both get code 1 (scanner), as dcm2niix writes them.
-    """
+    """Sample ``anatomy`` (random if None) as one ``contrast`` image (a key of :data:`CONTRASTS`) on
+    ``grid``, looking as ``look`` says. qform and sform both get code 1 (scanner), as dcm2niix writes
+    them. The random draws come in a fixed order (grid centre, tilt, tissue intensities, bias, noise),
+    each only when its setting is None, so one seed gives byte-identical images."""
     if contrast not in CONTRASTS:
         raise ValueError(f"unknown contrast {contrast!r}; expected one of {sorted(CONTRASTS)}")
     anatomy = anatomy if anatomy is not None else make_anatomy(rng)
-    shape = shape_for_fov(orientation, voxel_size, fov_mm)
+    voxel_size = grid.voxel_size
+    shape = shape_for_fov(grid.orientation, voxel_size, grid.fov_mm)
+    centre = grid.centre
     if centre is None:
         centre = (rng.uniform(-3, 3), rng.uniform(-3, 3) + 2.0, rng.uniform(-5, 5))
-    tilt = rng.uniform(-8, 8) if tilt_deg is None else tilt_deg
-    affine = grid_affine(orientation, voxel_size, shape, centre, tilt)
-    tissue = _tissue_intensities(contrast, rng, intensity_jitter, lesion_contrast)
+    tilt = rng.uniform(-8, 8) if grid.tilt_deg is None else grid.tilt_deg
+    affine = grid_affine(grid.orientation, voxel_size, shape, centre, tilt)
+    tissue = _tissue_intensities(contrast, rng, look.intensity_jitter, look.lesion_contrast)
     clean, lesion_frac, cord_frac = _rasterise(anatomy, affine, shape, voxel_size, tissue)
     clean = ndimage.gaussian_filter(clean, sigma=0.5, mode="nearest")  # point spread function
 
-    strength = rng.uniform(0.1, 0.25) if bias is None else bias
+    strength = rng.uniform(0.1, 0.25) if look.bias is None else look.bias
     data = clean * _bias_field(rng, affine, shape, strength)
-    sigma = (rng.uniform(0.01, 0.03) if noise is None else noise) * CONTRASTS[contrast]["scale"]
+    sigma = (rng.uniform(0.01, 0.03) if look.noise is None else look.noise) * CONTRASTS[contrast]["scale"]
     n1 = rng.normal(0, sigma, shape).astype(np.float32)
     if CONTRASTS[contrast]["rician"]:  # magnitude of complex Gaussian noise
         n2 = rng.normal(0, sigma, shape).astype(np.float32)
         data = np.sqrt((data + n1) ** 2 + n2**2)
     else:  # UNIT1 is a ratio image, noise roughly Gaussian inside the body
         data = data + n1
-    data = _cast(data, dtype, contrast)
+    data = _cast(data, look.dtype, contrast)
     return Phantom(
         contrast=contrast,
         image=_nifti(data, affine, voxel_size),

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .. import legacy
-from .phantom import AXIAL_ORIENTATIONS, SAGITTAL_ORIENTATIONS, make_anatomy, make_phantom
+from .phantom import AXIAL_ORIENTATIONS, SAGITTAL_ORIENTATIONS, Grid, make_anatomy, make_phantom
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +191,8 @@ def make_cases(task: str, n: int, seed: int) -> list[tuple[np.ndarray, np.ndarra
         anatomy = make_anatomy(rng, n_lesions=int(rng.integers(1, 5)) if rng.random() < 0.85 else 0)
         orientation = recipe["orientations"][rng.integers(len(recipe["orientations"]))]
         voxel = recipe["voxel_sizes"][rng.integers(len(recipe["voxel_sizes"]))]
-        ph = make_phantom(recipe["contrast"], rng=rng, anatomy=anatomy, orientation=orientation,
-                          voxel_size=voxel)
+        ph = make_phantom(recipe["contrast"], rng=rng, anatomy=anatomy,
+                          grid=Grid(orientation=orientation, voxel_size=voxel))
         cases.append(preprocess_case(ph.image, ph.cord, ph.lesion, task))
     return cases
 
@@ -275,8 +275,9 @@ def evaluate(task: str, path: str | Path, *, seed: int, n: int = 4) -> list[floa
     for i in range(n):
         anatomy = make_anatomy(rng, n_lesions=int(rng.integers(1, 5)))
         orientation = recipe["orientations"][i % len(recipe["orientations"])]
-        ph = make_phantom(recipe["contrast"], rng=rng, anatomy=anatomy, orientation=orientation,
-                          voxel_size=recipe["voxel_sizes"][i % len(recipe["voxel_sizes"])])
+        voxel = recipe["voxel_sizes"][i % len(recipe["voxel_sizes"])]
+        ph = make_phantom(recipe["contrast"], rng=rng, anatomy=anatomy,
+                          grid=Grid(orientation=orientation, voxel_size=voxel))
         mask, _ = legacy.run_legacy(np.asanyarray(ph.image.dataobj), ph.image.affine,
                                     np.asanyarray(ph.cord.dataobj), task, model)
         truth = np.asanyarray(ph.lesion.dataobj) > 0

@@ -18,7 +18,7 @@ from .. import orientation as ori
 from ..engine.preprocess import bbox_slices, nonzero_bbox, normalize
 from ..engine.resample import compute_new_shape, resample_to_shape
 from ..pipelines import cord_crop_box, crop_image
-from .phantom import AXIAL_ORIENTATIONS, SAGITTAL_ORIENTATIONS, make_anatomy, make_phantom
+from .phantom import AXIAL_ORIENTATIONS, SAGITTAL_ORIENTATIONS, Appearance, Grid, make_anatomy, make_phantom
 
 
 @dataclass(frozen=True)
@@ -50,21 +50,22 @@ def random_phantom(rng: np.random.Generator, contrast: str, *, lesions: bool):
         z_range=(-30, 30),
         cord_diameter_range=(6.5, 10.5),
     )
-    return make_phantom(
-        contrast,
-        rng=rng,
-        anatomy=anatomy,
+    # the grid before the appearance: the draws keep the order the committed demo models were trained on
+    grid = Grid(
         orientation=orientation,
         voxel_size=voxel_size,
         fov_mm=(rng.uniform(32, 56), rng.uniform(32, 60), rng.uniform(60, 100)),
         centre=(rng.uniform(-6, 6), rng.uniform(-6, 8), rng.uniform(-8, 8)),
         tilt_deg=rng.uniform(-15, 15),
+    )
+    look = Appearance(
         noise=rng.uniform(0.005, 0.05),
         bias=rng.uniform(0.0, 0.35),
         intensity_jitter=0.2,
         lesion_contrast=rng.uniform(*LESION_CONTRAST.get(contrast, (1.25, 2.0))),
         dtype=np.int16 if rng.random() < 0.7 else np.float32,
     )
+    return make_phantom(contrast, rng=rng, anatomy=anatomy, grid=grid, look=look)
 
 
 def crop_around_cord(image: nib.Nifti1Image, target: nib.Nifti1Image, cord: nib.Nifti1Image):
