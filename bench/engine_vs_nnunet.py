@@ -110,7 +110,6 @@ def build_models(dest: Path, spacing, patch, folds: int, networks) -> dict[str, 
 
 # ---- workers (one process per engine) ---------------------------------------------------------------
 def _ours(folder: Path, args):
-    import torch
 
     from bidsapp.engine import Levers, NnUNetModel, NnUNetPredictor
 

@@ -61,8 +61,11 @@ def test_bad_images_among_good_ones(tiny, tmp_path, capsys):
         assert (out / MASK.format(n=n)).is_file()
         assert (out / MASK.format(n=n).replace(".nii.gz", ".json")).is_file()
     found = scan_outputs(out)
-    assert sorted(m for m in found["nifti"] if m.endswith("_mask.nii.gz")) == \
+    # each good image: its lesion mask and (issue 17) the cord mask its lesion table is measured against
+    assert sorted(m for m in found["nifti"] if m.endswith("_mask.nii.gz") and "label-lesion" in m) == \
         sorted(MASK.format(n=n) for n in ("01", "02"))
+    assert sorted(m for m in found["nifti"] if m.endswith("_mask.nii.gz") and "label-SC" in m) == \
+        sorted(MASK.format(n=n).replace("label-lesion", "label-SC") for n in ("01", "02"))
     assert found["temp"] == []
     assert not list((bids).rglob("*label-lesion*")), "something was written into bids_dir"
 
