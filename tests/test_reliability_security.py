@@ -182,7 +182,8 @@ def test_no_network_at_run_time_in_process(hostile_run):
     assert hostile_run["attempts"] == []
     out = hostile_run["out"]
     assert (out / "group" / "lesions.tsv").is_file() and (out / "qc" / "index.html").is_file()
-    assert len(list(out.glob("sub-*/anat/*_mask.nii.gz"))) == 2
+    assert len(list(out.glob("sub-*/anat/*_label-lesion_*_mask.nii.gz"))) == 2  # (+ their cord masks)
+    assert len(list(out.glob("sub-*/anat/*_label-SC_*_mask.nii.gz"))) == 2
 
 
 def test_no_network_at_run_time_network_namespace(tiny, tmp_path):
