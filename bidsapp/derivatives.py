@@ -230,7 +230,7 @@ def dataset_description(bids_dir: Path) -> dict[str, Any]:
     if container:
         generated["Container"] = container
     source = {"URL": Path(bids_dir).resolve().as_uri()}
-    raw_doi = _read_json_quietly(Path(bids_dir) / "dataset_description.json").get("DatasetDOI")
+    raw_doi = read_json_quietly(Path(bids_dir) / "dataset_description.json").get("DatasetDOI")
     if isinstance(raw_doi, str) and raw_doi:
         source["DOI"] = raw_doi
     return {
@@ -251,7 +251,7 @@ def write_dataset_files(output_dir: Path, bids_dir: Path) -> None:
     """
     output_dir = Path(output_dir)
     desc = dataset_description(bids_dir)
-    if _read_json_quietly(output_dir / "dataset_description.json") != desc:
+    if read_json_quietly(output_dir / "dataset_description.json") != desc:
         atomic_write_json(output_dir / "dataset_description.json", desc)
     ignore = output_dir / ".bidsignore"
     wanted = _merge_lines(ignore, BIDSIGNORE_LINES)
@@ -321,7 +321,7 @@ def sidecar(*, source_uri: str, description: str, provenance: Mapping[str, Any],
 
 def read_provenance(mask_json: str | Path) -> dict[str, Any] | None:
     """The provenance recorded in an existing mask sidecar, or None when absent/unreadable."""
-    prov = _read_json_quietly(Path(mask_json)).get(PROVENANCE_KEY)
+    prov = read_json_quietly(Path(mask_json)).get(PROVENANCE_KEY)
     return prov if isinstance(prov, dict) else None
 
 
@@ -351,7 +351,8 @@ def _with_added_parameters(state: Any) -> Any:
     return {**state, "Parameters": {**ADDED_PARAMETERS, **state["Parameters"]}}
 
 
-def _read_json_quietly(path: Path) -> dict[str, Any]:
+def read_json_quietly(path: Path) -> dict[str, Any]:
+    """A JSON object written by us, or {} when it is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):

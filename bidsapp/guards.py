@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import json
 import logging
 import math
 import os
@@ -112,24 +111,14 @@ class ModelPlan:
     """``nnunet`` or ``legacy`` (ONNX on a 0.5 mm in-plane grid, crops of 48^3)."""
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{path}: cannot read JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ModelError(f"{path}: expected a JSON object")
-    return data
-
-
 def nnunet_plan(name: str, folder: str | Path, folds: Sequence[int | str] | None = None,
                 batch_size: int = 2) -> ModelPlan:
     """The :class:`ModelPlan` of an nnU-Net v2 folder, from its JSON files (no checkpoint is read)."""
-    from .engine.modelfolder import CHECKPOINTS, available_folds, resolve_folder
+    from .engine.modelfolder import CHECKPOINTS, available_folds, read_json, resolve_folder
     from .engine.network import architecture
 
     folder = resolve_folder(folder)
-    plans, ds = _read_json(folder / "plans.json"), _read_json(folder / "dataset.json")
+    plans, ds = read_json(folder / "plans.json"), read_json(folder / "dataset.json")
     configuration = "3d_fullres" if "3d_fullres" in plans.get("configurations", {}) else \
         folder.name.rsplit("__", 1)[-1]
     try:

@@ -97,9 +97,14 @@ def make_image(case: str, seed: int = 0) -> nib.Nifti1Image:
         shape, zooms, codes = (30, 11, 44), (1.0, 2.4, 0.6), ("P", "S", "R")
     else:
         raise ValueError(case)
-    ornt = nio.axcodes2ornt(codes)
+    return image_on_grid(shape, zooms, codes, seed)
+
+
+def image_on_grid(shape: tuple[int, int, int], zooms: tuple[float, float, float], codes: tuple[str, str, str],
+                  seed: int = 0) -> nib.Nifti1Image:
+    """:func:`phantom_array` on an axis-aligned grid with these nibabel axis codes, qform and sform set."""
     aff = np.zeros((4, 4))
-    for i, (world, flip) in enumerate(ornt):
+    for i, (world, flip) in enumerate(nio.axcodes2ornt(codes)):
         aff[int(world), i] = flip * zooms[i]
     aff[:3, 3] = (12.5, -40.0, 7.0)
     aff[3, 3] = 1
@@ -125,21 +130,33 @@ def oracle_predictor(folder: Path, tta: bool, folds=None):
 def oracle_probabilities(pred, img: nib.Nifti1Image, sct_orientation: str = "LPI") -> np.ndarray:
     """SCT's path with nibabel alone: reorient (SCT letters -> opposite nibabel codes), [x,y,z] ->
     [z,y,x] with reversed spacing, nnUNetPredictor, and all of it undone; (C, *img.shape)."""
-    opposite = {"L": "R", "R": "L", "A": "P", "P": "A", "S": "I", "I": "S"}
-    target = nio.axcodes2ornt(tuple(opposite[c] for c in sct_orientation))
+    data, spacing, back = to_sct_model_array(img, sct_orientation)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, probs = pred.predict_single_npy_array(data, {"spacing": spacing}, None, None, True)
+    return np.stack([back(p) for p in probs]).astype(np.float32)
+
+
+_OPPOSITE = {"L": "R", "R": "L", "A": "P", "P": "A", "S": "I", "I": "S"}
+
+
+def to_sct_model_array(img: nib.Nifti1Image, sct_orientation: str = "LPI"):
+    """SCT's way into a model's array (``deepseg/inference.py`` ``segment_nnunet``): reorient to the SCT
+    letters (the opposite nibabel codes), [x,y,z] -> [z,y,x] with the spacing reversed. Returns (data
+    (1, z, y, x) float32, spacing, the way back from a (z, y, x) array to ``img``'s grid)."""
+    target = nio.axcodes2ornt(tuple(_OPPOSITE[c] for c in sct_orientation))
     to_target = nio.ornt_transform(nio.io_orientation(img.affine), target)
     data = nio.apply_orientation(np.asarray(img.dataobj, dtype=np.float32), to_target)
     zooms = nib.affines.voxel_sizes(img.affine)
     zooms_t = [0.0, 0.0, 0.0]
     for i, (j, _) in enumerate(to_target):
         zooms_t[int(j)] = float(zooms[i])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _, probs = pred.predict_single_npy_array(data.transpose(2, 1, 0)[None].copy(),
-                                                 {"spacing": zooms_t[::-1]}, None, None, True)
-    probs = probs.transpose(0, 3, 2, 1)
-    back = nio.ornt_transform(target, nio.io_orientation(img.affine))
-    return np.stack([nio.apply_orientation(p, back) for p in probs]).astype(np.float32)
+    undo = nio.ornt_transform(target, nio.io_orientation(img.affine))
+
+    def back(zyx: np.ndarray) -> np.ndarray:
+        return nio.apply_orientation(zyx.transpose(2, 1, 0), undo)
+
+    return data.transpose(2, 1, 0)[None].astype(np.float32), zooms_t[::-1], back
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -45,6 +45,23 @@ class HalfThenENOSPC:
         raise OSError(errno.ENOSPC, "No space left on device")
 
 
+def live_processes() -> list[tuple[int, int, int]]:
+    """(pid, parent pid, process group) of every live (not zombie) process, read from /proc (no psutil)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if fields[0] != "Z":
+            found.append((int(stat.parent.name), int(fields[1]), int(fields[2])))
+    return found
+
+
+#: the lesion mask of tiny_bids' subject n (``MASK.format(n="01")``)
+MASK = "sub-{n}/anat/sub-{n}_acq-sag_label-lesion_desc-T2w_mask.nii.gz"
+
+
 def tiny_bids(root: Path, n_subjects: int = 2, seed: int = 7) -> Path:
     """A BIDS dataset of ``n_subjects`` small sagittal T2w phantoms (about 30x36x60 voxels each)."""
     root.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from nibabel import orientations as nio
 from scipy import ndimage
 
 from bidsapp.demo.modelfolder import (
@@ -36,7 +35,7 @@ from bidsapp.demo.modelfolder import (
     write_model_folder,
 )
 from bidsapp.engine.network import build_network
-from tests.engine_models import PATCH, PLAN_SPACING, phantom_array
+from tests.engine_models import PATCH, PLAN_SPACING, image_on_grid, phantom_array, to_sct_model_array
 
 # ---- release shapes ----------------------------------------------------------------------------------
 LESION_TRAINER = "nnUNetTrainerDiceCELoss_noSmooth_4000epochs_fromScratch"
@@ -138,16 +137,7 @@ PHANTOMS = {
 
 def sct_image(case: str, seed: int = 0) -> nib.Nifti1Image:
     """A phantom (``engine_models.phantom_array``) on the grid ``PHANTOMS[case]``, qform and sform set."""
-    shape, zooms, codes = PHANTOMS[case]
-    aff = np.zeros((4, 4))
-    for i, (world, flip) in enumerate(nio.axcodes2ornt(codes)):
-        aff[int(world), i] = flip * zooms[i]
-    aff[:3, 3] = (12.5, -40.0, 7.0)
-    aff[3, 3] = 1
-    img = nib.Nifti1Image(phantom_array(shape, seed), aff)
-    img.set_qform(aff, 1)
-    img.set_sform(aff, 2)
-    return img
+    return image_on_grid(*PHANTOMS[case], seed)
 
 
 # ---- SCT deepseg/nnunet.py: create_nnunet_from_plans -----------------------------------------------------
@@ -240,7 +230,6 @@ def average_nnunet_predictions(pred, probabilities: bool = False) -> np.ndarray:
     return mean > 0.5  # spinalcordtoolbox/math.py binarize(data, 0.5): data > 0.5
 
 
-_OPPOSITE = {"L": "R", "R": "L", "A": "P", "P": "A", "S": "I", "I": "S"}
 
 
 def segment_nnunet(pred, img: nib.Nifti1Image, *, ensemble: bool, soft: bool) -> np.ndarray:
@@ -261,22 +250,8 @@ def segment_nnunet(pred, img: nib.Nifti1Image, *, ensemble: bool, soft: bool) ->
 
 
 def _to_model(pred, img: nib.Nifti1Image):
-    """SCT's way into the model's array: (data (1, z, y, x) float32, spacing reversed, the way back from a
-    (z, y, x) array to ``img``'s grid)."""
-    orientation = pred.dataset_json.get("image_orientation", "LPI")
-    target = nio.axcodes2ornt(tuple(_OPPOSITE[c] for c in orientation))
-    to_target = nio.ornt_transform(nio.io_orientation(img.affine), target)
-    data = nio.apply_orientation(np.asarray(img.dataobj, dtype=np.float32), to_target)
-    zooms = nib.affines.voxel_sizes(img.affine)
-    zooms_t = [0.0, 0.0, 0.0]
-    for i, (j, _) in enumerate(to_target):
-        zooms_t[int(j)] = float(zooms[i])
-    undo = nio.ornt_transform(target, nio.io_orientation(img.affine))
-
-    def back(zyx: np.ndarray) -> np.ndarray:
-        return nio.apply_orientation(zyx.transpose(2, 1, 0), undo)
-
-    return data.transpose(2, 1, 0)[None].astype(np.float32), zooms_t[::-1], back
+    """SCT's way into the model's array, in the model's ``image_orientation`` (default LPI)."""
+    return to_sct_model_array(img, pred.dataset_json.get("image_orientation", "LPI"))
 
 
 def keep_largest_object(prediction: np.ndarray) -> np.ndarray:

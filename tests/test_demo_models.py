@@ -13,16 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from demo_phantoms import TEST_SEED, held_out_phantom
 
 from bidsapp import models
-from bidsapp.demo.phantom import AXIAL_ORIENTATIONS, SAGITTAL_ORIENTATIONS, Grid, make_anatomy, make_phantom
+from bidsapp.demo.phantom import Grid, make_phantom
 from bidsapp.demo.train import DEMO_ROOT, TASKS
 from bidsapp.pipelines import RunOptions, segment
 
 DEMO_CPU = RunOptions(demo=True, device="cpu")
 
-#: seeds of the test phantoms: numpy.random.default_rng([TEST_SEED, i]); never used in training
-TEST_SEED = 4242
 DEMO_TASKS = ("spinalcord", "lesion_ms", "lesion_ms_mp2rage")
 
 
@@ -34,21 +33,6 @@ def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(2 * (pred & truth).sum() / max(pred.sum() + truth.sum(), 1))
 
 
-def _test_phantom(contrast: str, i: int, n_lesions: int | None = None):
-    """A phantom as the dataset writer makes them: image i of the test series for ``contrast``."""
-    rng = np.random.default_rng([TEST_SEED, i])
-    anatomy = make_anatomy(
-        rng, n_lesions=int(rng.integers(1, 5)) if n_lesions is None else n_lesions, z_range=(-25, 25)
-    )
-    if contrast == "UNIT1":
-        geometry = {"orientation": SAGITTAL_ORIENTATIONS[i % 5], "voxel_size": (1.0, 1.0, 1.0)}
-    elif i % 2:
-        geometry = {"orientation": AXIAL_ORIENTATIONS[i % 4], "voxel_size": (0.5, 0.5, 3.0 + i % 3)}
-    else:
-        geometry = {"orientation": SAGITTAL_ORIENTATIONS[i % 5], "voxel_size": (0.8, 0.8, 0.8)}
-    return make_phantom(contrast, rng=rng, anatomy=anatomy, grid=Grid(fov_mm=(40, 44, 70), **geometry))
-
-
 @pytest.fixture(scope="module")
 def lesion_results():
     """(contrast, phantom, SegmentationResult) for lesion phantoms of each contrast, segmented once."""
@@ -57,7 +41,7 @@ def lesion_results():
     for k, (contrast, task) in enumerate((("T2w", "lesion_ms"), ("T2starw", "lesion_ms"),
                                           ("UNIT1", "lesion_ms_mp2rage"))):
         for i in range(4):
-            ph = _test_phantom(contrast, 100 * k + i)
+            ph = held_out_phantom(contrast, 100 * k + i)
             out.append((contrast, ph, segment(ph.image, task=task, options=DEMO_CPU)))
     return out
 
@@ -151,7 +135,7 @@ def test_spinalcord_dice(lesion_results):
         if c == "UNIT1"
     ]
     for i, contrast in enumerate(("T2w", "T2starw")):
-        ph = _test_phantom(contrast, 50 + i)
+        ph = held_out_phantom(contrast, 50 + i)
         result = segment(ph.image, task="spinalcord", options=DEMO_CPU)
         dices.append(_dice(np.asarray(result.mask.dataobj) > 0, np.asarray(ph.cord.dataobj) > 0))
     assert np.mean(dices) >= 0.85, np.round(dices, 3)
@@ -161,7 +145,7 @@ def test_spinalcord_dice(lesion_results):
     "contrast,task", [("T2w", "lesion_ms"), ("T2starw", "lesion_ms"), ("UNIT1", "lesion_ms_mp2rage")]
 )
 def test_lesion_free_images_have_almost_no_false_positives(contrast, task):
-    ph = _test_phantom(contrast, 900, n_lesions=0)
+    ph = held_out_phantom(contrast, 900, n_lesions=0)
     assert not np.asarray(ph.lesion.dataobj).any()
     mask = np.asarray(segment(ph.image, task=task, options=DEMO_CPU).mask.dataobj) > 0
     fp_mm3 = mask.sum() * float(np.prod(ph.image.header.get_zooms()[:3]))

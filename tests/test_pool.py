@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from reliability_data import live_processes
 
 from bidsapp import pool
 
@@ -31,15 +32,14 @@ def children(pid: int | None = None) -> list[int]:
     resource tracker (one per parent, ends with it) is not a worker."""
     pid = os.getpid() if pid is None else pid
     found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            cmdline = (stat.parent / "cmdline").read_bytes()
+    for child, parent, _ in live_processes():
+        if parent == pid:
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:  # it ended meanwhile
+                continue
             if b"resource_tracker" not in cmdline:
-                found.append(int(stat.parent.name))
+                found.append(child)
     return found
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from demo_phantoms import held_out_phantom
 from engine_models import build_folder, dice, make_image, one_torch_thread  # noqa: F401
 
 from bidsapp import models
-from bidsapp.demo.phantom import AXIAL_ORIENTATIONS, SAGITTAL_ORIENTATIONS, Grid, make_anatomy, make_phantom
 from bidsapp.engine import NnUNetModel, NnUNetPredictor, nnunet, precision, sliding
 from bidsapp.engine.precision import CpuFeatures, is_emulated, parse_cpu_flags, resolve_precision
 
@@ -199,22 +199,9 @@ def test_native_bf16_weights_converted_once_and_emulation_models_it(tiny, monkey
 
 
 # ---- bf16 vs fp32 on trained models ------------------------------------------------------------------------
-#: the demo models' test seeds (tests/test_demo_models.py: never used in training); other indices
-HELD_OUT_SEED = 4242
+#: the demo models' held-out phantoms (tests/demo_phantoms.py: never used in training)
 CASES = [("spinalcord", "T2w"), ("spinalcord", "T2starw"), ("spinalcord", "UNIT1"),
          ("lesion_ms", "T2w"), ("lesion_ms", "T2starw"), ("lesion_ms_mp2rage", "UNIT1")]
-
-
-def _held_out_phantom(contrast: str, i: int):
-    rng = np.random.default_rng([HELD_OUT_SEED, i])
-    anatomy = make_anatomy(rng, n_lesions=int(rng.integers(1, 5)), z_range=(-25, 25))
-    if contrast == "UNIT1":
-        geometry = {"orientation": SAGITTAL_ORIENTATIONS[i % 5], "voxel_size": (1.0, 1.0, 1.0)}
-    elif i % 2:
-        geometry = {"orientation": AXIAL_ORIENTATIONS[i % 4], "voxel_size": (0.5, 0.5, 3.0 + i % 3)}
-    else:
-        geometry = {"orientation": SAGITTAL_ORIENTATIONS[i % 5], "voxel_size": (0.8, 0.8, 0.8)}
-    return make_phantom(contrast, rng=rng, anatomy=anatomy, grid=Grid(fov_mm=(40, 44, 70), **geometry))
 
 
 @pytest.mark.parametrize("task,contrast", CASES)
@@ -226,7 +213,7 @@ def test_bf16_agrees_with_fp32_on_the_demo_models(task, contrast):
     bf16 = NnUNetPredictor(NnUNetModel.load(folder), precision="bf16")
     truth_of = "cord" if task == "spinalcord" else "lesion"
     for i in (800, 801):
-        ph = _held_out_phantom(contrast, i)
+        ph = held_out_phantom(contrast, i)
         ref, got = fp32.predict(ph.image), bf16.predict(ph.image)
         a, b = ref.argmax(0) != 0, got.argmax(0) != 0
         truth = np.asarray(getattr(ph, truth_of).dataobj) > 0

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from reliability_data import (
+    MASK,
     add_bad_images,
     copy_dataset,
     image_path,
@@ -25,7 +26,6 @@ from bidsapp.engine.modelfolder import NnUNetModel
 from bidsapp.errors import ModelError
 from bidsapp.models import locate
 
-MASK = "sub-{n}/anat/sub-{n}_acq-sag_label-lesion_desc-T2w_mask.nii.gz"
 FAST = ["--demo", "--skip_bids_validator", "--nprocs", "1", "--omp-nthreads", "1"]
 
 

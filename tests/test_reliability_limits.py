@@ -20,9 +20,11 @@ import numpy as np
 import pytest
 from reliability_data import (
     ENV_1THREAD,
+    MASK,
     RUN_PY,
     copy_dataset,
     image_path,
+    live_processes,
     main_in_process,
     scan_outputs,
     tiny_bids,
@@ -32,7 +34,6 @@ from bidsapp import guards
 from bidsapp.demo.dataset import save_nifti
 from bidsapp.models import locate
 
-MASK = "sub-{n}/anat/sub-{n}_acq-sag_label-lesion_desc-T2w_mask.nii.gz"
 FAST = ["--demo", "--skip_bids_validator", "--omp-nthreads", "1"]
 
 
@@ -160,16 +161,8 @@ def test_image_timeout_kills_one_pathological_image_and_the_others_land(tiny, tm
 
 # ---- SIGTERM mid-run ----------------------------------------------------------------------------
 def _group_alive(pgid: int) -> list[int]:
-    """Live processes of a process group, read from /proc (no psutil)."""
-    alive = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            alive.append(int(stat.parent.name))
-    return alive
+    """Live processes of a process group."""
+    return [pid for pid, _, group in live_processes() if group == pgid]
 
 
 def _complete_outputs(out: Path) -> list[str]:

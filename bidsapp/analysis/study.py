@@ -16,14 +16,13 @@ source image, registration error) gets a row with its error; the others go on.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..derivatives import atomic_write_bytes, atomic_write_json, image_names, sha256_file
+from ..derivatives import atomic_write_bytes, atomic_write_json, image_names, read_json_quietly, sha256_file
 from ..errors import CordlesionError
 from .change import ChangeRules, SessionChange, SessionInputs, analyze_change
 from .io import load_mask
@@ -161,7 +160,7 @@ def compare_pair(output_dir: Path, bids_dir: Path, pair: tuple[SessionImage, Ses
     files = _files(output_dir, bids_dir, baseline, followup)
     state = _state(files, settings)
     record_path = output_dir / f"{stem}_registration.json"
-    previous = _read_json(record_path)
+    previous = read_json_quietly(record_path)
     if previous.get("State") == state and (output_dir / f"{stem}_change.tsv").is_file():
         return previous
     change = analyze_change(_inputs(files), settings.rules, settings.registration)
@@ -170,14 +169,6 @@ def compare_pair(output_dir: Path, bids_dir: Path, pair: tuple[SessionImage, Ses
     record = _record(change, state)
     atomic_write_json(record_path, record)  # last: its presence means the pair's files are complete
     return record
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 # ------------------------------------------------------------------------------------------ study

@@ -47,7 +47,8 @@ def load_checkpoint(path: Path) -> dict:
     return ckpt
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A model folder's JSON file as a dict, or ModelError naming the file."""
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError as exc:
@@ -131,8 +132,8 @@ class NnUNetModel:
     def load(cls, folder: str | Path, folds: Iterable[int | str] | None = None) -> NnUNetModel:
         """Read ``folder`` (all folds with a checkpoint, or the given ones); ModelError naming the file."""
         folder = resolve_folder(folder)
-        plans = _read_json(folder / "plans.json")
-        dataset_json = _read_json(folder / "dataset.json")
+        plans = read_json(folder / "plans.json")
+        dataset_json = read_json(folder / "dataset.json")
         _check_dataset_json(folder / "dataset.json", dataset_json)
         folds = _select_folds(folder, folds)
         paths = {f: _checkpoint_path(folder, f) for f in folds}
