@@ -8,7 +8,7 @@ DEMO_NPROCS ?= 2
 
 LOCK_VENV ?= /tmp/cordlesion-lock-venv
 
-.PHONY: venv test test-containers lint lock demo clean
+.PHONY: venv test test-containers test-sct lint lock demo clean
 
 # The locks pin the whole tree (requirements*.txt list the direct dependencies): installed with
 # --no-deps, so exactly what they list and nothing else (no torchvision: see .ci/lock.py).
@@ -35,7 +35,12 @@ test-containers: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -m "not sct_oracle"
+
+# The real SCT 7.3 as the oracle (tests marked sct_oracle): installs it from ../shared/peers/sct once
+# (tests/sct_real.py; ~3 min, 2.4 GB in $$SCT_ORACLE_ROOT, default /tmp/sct-oracle), then compares.
+test-sct: $(STAMP)
+	CORDLESION_TEST_SCT=1 $(PY) -m pytest -q -ra -m sct_oracle
 
 # Phantom dataset -> participant level (demo models) -> group level; prints where everything is.
 demo: $(STAMP)

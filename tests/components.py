@@ -1,0 +1,37 @@
+"""What a test does when the real component it needs is missing: one rule for every such test.
+
+A plain ``make test`` on a user's machine skips, with the reason. Under CI (``CI`` set to a true value), or
+when the heavy suite that needs the component is asked for explicitly (its ``asked_env`` variable is "1",
+e.g. ``CORDLESION_TEST_CONTAINERS=1`` from ``make test-containers``), the test FAILS with the same reason:
+a green CI means the real component ran, never that its test vanished.
+
+    from tests.components import missing
+    if shutil.which("sbatch") is None:
+        missing("slurm", "sbatch not found: .ci/run installs slurm-wlm and munge")
+"""
+from __future__ import annotations
+
+import os
+from typing import NoReturn
+
+import pytest
+
+__all__ = ["missing", "strict"]
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def strict(asked_env: str | None = None) -> bool:
+    """True under CI, or when ``asked_env`` (the heavy suite's own switch) is "1"."""
+    if os.environ.get("CI", "").strip().lower() in _TRUE:
+        return True
+    return asked_env is not None and os.environ.get(asked_env, "").strip() == "1"
+
+
+def missing(component: str, reason: str, *, asked_env: str | None = None) -> NoReturn:
+    """Stop the calling test because ``component`` is missing or cannot start: FAIL when :func:`strict`,
+    skip otherwise; both say ``component: reason``."""
+    message = f"{component}: {reason}"
+    if strict(asked_env):
+        pytest.fail(f"required component missing (CI or an explicitly asked suite): {message}", pytrace=False)
+    pytest.skip(message)
