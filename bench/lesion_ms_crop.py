@@ -75,7 +75,7 @@ def timing(args) -> dict:
     import torch
     from engine_vs_nnunet import SHAPE, phantom
 
-    from bidsapp import pipelines, tasks
+    from bidsapp import boxes, tasks
     from bidsapp.engine import NnUNetModel, NnUNetPredictor
 
     torch.set_num_threads(args.threads)
@@ -92,7 +92,7 @@ def timing(args) -> dict:
         return lesion.predict(img)[1] > 0.5
 
     rule = tasks.get("lesion_ms").crop.box
-    box = pipelines.box_around_cord(cord, img.affine, rule)
+    box = boxes.box_around_cord(cord, img.affine, rule)  # the ROI box
 
     def lesion_in_box():
         return lesion.predict(img, roi=box)[1] > 0.5

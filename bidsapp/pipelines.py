@@ -10,15 +10,15 @@ class, ensembling, window step, box around the cord) is read from its row of the
   ensemble and the post-processing are the row's (``lesion_ms``: SCT 7.3's vote; ``spinalcord``: the
   largest object, SCT's); every cord mask written or used is the ``spinalcord`` task's own (its window
   step, its largest object, all folds, no TTA: SCT's ``sct_deepseg spinalcord``);
-- a model folder holding ``crop_metadata.json`` (a release trained on crops) runs on the cord's bounding
-  box padded as the file says (``postprocess.padded_box``; the ``sc_crop`` detector's box when that
-  package is installed), the result put back on the full grid;
-- a task that crops runs ``spinalcord`` first and the task on the box around the cord (its
-  :class:`~bidsapp.tasks.BoxRule`): ``windows="image"`` (``lesion_ms``): the image is preprocessed whole
-  and only the sliding windows that overlap the box run, so inside the box the result IS the whole
-  image's, zero outside (bench/RESULTS-crop.md); ``windows="crop"`` (``lesion_ms_mp2rage``, trained on
-  crops): the box is cut out and segmented alone, as SCT documents; the cord mask is returned too; no
-  cord found: the whole image is segmented, with a warning;
+- boxes around the cord (geometry: ``bidsapp.boxes``), two kinds: a task whose crop is optional
+  (``lesion_ms --crop``, ``BoxRule(windows="image")``) runs on its **ROI box**: the image is preprocessed
+  whole and only the sliding windows that overlap the box run, so inside the box the result IS the whole
+  image's, zero outside (bench/RESULTS-crop.md); a model trained on crops runs on its **crop box**, cut
+  out, segmented alone and put back on the full grid (:func:`_on_crop_box`): ``lesion_ms_mp2rage``'s
+  (``windows="crop"``, the model's recipe around the cord) or the box a release's ``crop_metadata.json``
+  asks for (the cord's bounding box padded as the file says; the ``sc_crop`` detector's box when that
+  package is installed). Either way ``spinalcord`` runs first and its mask is returned too; no cord
+  found: the whole image is segmented, with a warning;
 - ONNX tasks (``t2``, ``t2_ax``, ``t2s``): the legacy models (``legacy.py``) on the cord's centreline.
 
 ``models`` maps model names (``lesion_ms``, ``spinalcord``, ...) to a ``models.LocatedModel`` or a
@@ -28,7 +28,6 @@ Predictors are cached per process (one per model folder, folds, device, TTA, ens
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -37,15 +36,14 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from nibabel.affines import voxel_sizes
 
-from . import tasks
+from . import boxes, tasks
 from .engine import NnUNetModel, NnUNetPredictor, resolve_device, resolve_precision
 from .errors import ConfigError
 from .imaging import like
 from .models import crop_metadata
-from .postprocess import bounding_box, keep_largest_object, padded_box
-from .tasks import BoxRule, Task
+from .postprocess import keep_largest_object
+from .tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +66,8 @@ class RunOptions:
     folds: tuple[int | str, ...] | None = None
     """Folds to ensemble (None: every fold of the model folder)."""
     crop: bool = tasks.CROP_DEFAULT
-    """For tasks whose crop is optional (``lesion_ms``): run on the box around the cord. Tasks that
-    always crop (``lesion_ms_mp2rage``) ignore it."""
+    """For tasks whose crop is optional (``lesion_ms``): run on the ROI box around the cord. Tasks that
+    always crop (``lesion_ms_mp2rage``, on its crop box) ignore it."""
     ensemble: str | None = None
     """Fold ensembling (``sct``, ``logits``, ``probabilities``); None: the task's rule."""
     models_dir: Path | None = None
@@ -82,9 +80,10 @@ class RunOptions:
 
 
 @dataclass(frozen=True)
-class CropResult:
-    """Where the box around the cord was: ``box_voxels`` ``[[start, stop]] * 3`` (None: no cord found, the
-    whole image was segmented) and whether the mask reaches a face of the box inside the image."""
+class BoxResult:
+    """Where the ROI box or the crop box around the cord was: ``box_voxels`` ``[[start, stop]] * 3`` (None:
+    no cord found, the whole image was segmented) and whether the mask reaches a face of the box inside the
+    image. The sidecar's ``Pipeline.crop`` (key kept for both boxes: readers of older sidecars)."""
 
     box_voxels: list[list[int]] | None
     mask_touches_box: bool = False
@@ -123,8 +122,8 @@ class Provenance:
     precision: str = "fp32"
     """The nnU-Net networks' precision (``fp32``, ``bf16``, ``fp16``); in the sidecar it is the
     ``State``'s (``Settings.parameters``), so :meth:`to_dict` leaves it out."""
-    crop: CropResult | None = None
-    """The box around the cord (None: the task did not crop)."""
+    crop: BoxResult | None = None
+    """The ROI box or crop box around the cord (None: the task ran on the whole image)."""
     details: Mapping[str, Any] = field(default_factory=dict)
     """Engine-specific facts (legacy: ONNX provider, model file, centreline, patch z-score)."""
 
@@ -239,7 +238,7 @@ def _run_model(img: nib.Nifti1Image, spec: Task, model: ModelRef, run: _Run, *,
 def _cord(img: nib.Nifti1Image, located: Mapping[str, ModelRef], run: _Run) -> _Pass:
     """The cord as ``sct_deepseg spinalcord`` makes it: the cord task's own rules (window step, largest
     object, ensemble), every fold, no TTA, whatever the main task's options; a cord release trained on
-    crops runs on its padded box, found by a first whole-image pass of the same model (or sc_crop)."""
+    crops runs on its crop box, found by a first whole-image pass of the same model (or sc_crop)."""
     spec = tasks.get(tasks.CORD_MODEL)
     return _cord_pass(img, located[tasks.CORD_MODEL],
                       _Run(run.device, None, False, spec.ensemble, run.precision))
@@ -253,136 +252,75 @@ def _cord_pass(img: nib.Nifti1Image, model: ModelRef, run: _Run) -> _Pass:
     return _on_padded_box(img, spec, model, run, pads, lambda: _run_model(img, spec, model, run).mask).task
 
 
-# ---- the box around the cord ------------------------------------------------------------------------
-def _si_axis(affine: np.ndarray) -> int:
-    """The array axis whose direction is closest to S-I."""
-    rot = np.asarray(affine)[:3, :3]
-    cos = np.abs(rot[2]) / np.linalg.norm(rot, axis=0)
-    return int(np.argmax(cos))
-
-
-def cord_crop_box(cord: np.ndarray, affine: np.ndarray, *, margin_mm: float = 30.0,
-                  margin_slices: int = 5) -> tuple[slice, ...] | None:
-    """The cord's bounding box dilated by ``margin_mm`` in-plane and ``margin_slices`` along the
-    axis closest to S-I, clipped to the image; None when there is no cord."""
-    hit = np.argwhere(cord)
-    if hit.size == 0:
-        return None
-    si = _si_axis(affine)
-    zooms = voxel_sizes(affine)
-    box = []
-    for axis in range(3):
-        margin = margin_slices if axis == si else int(math.ceil(margin_mm / float(zooms[axis])))
-        lo = max(int(hit[:, axis].min()) - margin, 0)
-        hi = min(int(hit[:, axis].max()) + 1 + margin, cord.shape[axis])
-        box.append(slice(lo, hi))
-    return tuple(box)
-
-
-def box_around_cord(cord: np.ndarray, affine: np.ndarray, rule: BoxRule) -> tuple[slice, ...] | None:
-    """:func:`cord_crop_box` with a task's :class:`~bidsapp.tasks.BoxRule` (margin along S-I in slices, or
-    in mm rounded up to slices)."""
-    slices = rule.margin_slices
-    if slices is None:
-        zoom = float(voxel_sizes(affine)[_si_axis(affine)])
-        slices = int(math.ceil((rule.margin_si_mm or 0.0) / zoom))
-    return cord_crop_box(cord, affine, margin_mm=rule.margin_mm, margin_slices=slices)
-
-
-def crop_image(img: nib.Nifti1Image, box: tuple[slice, ...]) -> nib.Nifti1Image:
-    """The sub-image ``img[box]`` with its affine shifted so every voxel keeps its position."""
-    return img.slicer[box]
-
-
-def touches_box(mask: np.ndarray, box: tuple[slice, ...], shape: Sequence[int]) -> bool:
-    """Whether ``mask`` (the crop's array) reaches a face of ``box`` that is not the image border,
-    i.e. a lesion may continue outside the crop."""
-    for axis, s in enumerate(box):
-        lo = np.take(mask, 0, axis=axis).any() and s.start > 0
-        hi = np.take(mask, -1, axis=axis).any() and s.stop < shape[axis]
-        if lo or hi:
-            return True
-    return False
-
-
+# ---- the ROI box (--crop) and the crop box (models trained on crops) ----------------------------------
 @dataclass(frozen=True)
 class _Around:
     task: _Pass
     cord: _Pass | None  # None: a detector placed the box
-    crop: CropResult
+    box: BoxResult
+
+
+def _box_result(spec: Task, name: str, box: boxes.Box, in_box: np.ndarray, shape: Sequence[int]) -> BoxResult:
+    """What the sidecar says of the box ``name`` (``boxes.ROI_BOX``/``CROP_BOX``); a warning when the mask
+    (``in_box``: its array inside the box) reaches a face of the box inside the image."""
+    touches = boxes.touches_box(in_box, box, shape)
+    if touches:
+        log.warning("%s: the mask touches the %s %s; it may continue outside it", spec.name, name,
+                    boxes.voxels(box))
+    return BoxResult(boxes.voxels(box), touches)
+
+
+def _on_crop_box(img: nib.Nifti1Image, spec: Task, model: ModelRef, run: _Run, box: boxes.Box) -> _Pass:
+    """``spec``'s model on the crop box alone (cut out: the crop is the model's input, normalisation
+    included), the result put back on the full grid of ``img`` (zeros outside)."""
+    sub = _run_model(boxes.cut(img, box), spec, model, run)
+    mask, prob = np.zeros(img.shape[:3], bool), np.zeros(img.shape[:3], np.float32)
+    mask[box], prob[box] = sub.mask, sub.prob
+    return _Pass(mask, prob, sub.folds)
 
 
 def _segment_around_cord(img: nib.Nifti1Image, spec: Task, located: Mapping[str, ModelRef],
                          run: _Run) -> _Around:
-    """``spinalcord``, then ``spec`` on the box around the cord, on the full grid (zeros outside the box)."""
+    """``spinalcord``, then ``spec`` on its box around the cord (the row's ``BoxRule``): the ROI box
+    (``windows="image"``: only the whole image's windows overlapping it run) or the crop box
+    (``windows="crop"``); on the full grid, zeros outside the box."""
     rule = spec.crop.box
     assert rule is not None, f"{spec.name}: a task that crops needs a box rule"
     cord = _cord(img, located, run)  # SCT's cord, whatever the task (issue 15: one cord everywhere)
-    box = box_around_cord(cord.mask, img.affine, rule)
+    box = boxes.box_around_cord(cord.mask, img.affine, rule)
     model = located[spec.main_model]
+    name = boxes.ROI_BOX if rule.windows == "image" else boxes.CROP_BOX
     if box is None:
-        log.warning("%s: no spinal cord found; segmenting the whole image instead of a crop", spec.name)
-        return _Around(_run_model(img, spec, model, run), cord, CropResult(None))
+        log.warning("%s: no spinal cord found; segmenting the whole image instead of a %s", spec.name, name)
+        return _Around(_run_model(img, spec, model, run), cord, BoxResult(None))
     if rule.windows == "image":
-        whole = _run_model(img, spec, model, run, roi=box)
-        sub_mask = whole.mask[box]
+        out = _run_model(img, spec, model, run, roi=box)
     else:
-        sub = _run_model(crop_image(img, box), spec, model, run)
-        mask, prob = np.zeros(img.shape[:3], bool), np.zeros(img.shape[:3], np.float32)
-        mask[box], prob[box] = sub.mask, sub.prob
-        whole, sub_mask = _Pass(mask, prob, sub.folds), sub.mask
-    touches = touches_box(sub_mask, box, img.shape[:3])
-    if touches:
-        log.warning("%s: the lesion mask touches the box %s around the cord; lesions may continue outside "
-                    "it", spec.name, [[s.start, s.stop] for s in box])
-    return _Around(whole, cord, CropResult([[s.start, s.stop] for s in box], touches))
-
-
-# ---- a release trained on crops (crop_metadata.json) -----------------------------------------------
-def _detector_box(img: nib.Nifti1Image, pads: crop_metadata.CropPadding) -> tuple[slice, ...] | None:
-    """The box of the ``sc_crop`` detector (SCT's development branch: ``sc_crop.detect(img, **pads)``,
-    inclusive ``xmin..zmax`` voxel indices) when that package is installed; None otherwise or when it
-    finds no cord."""
-    import importlib.util
-
-    if importlib.util.find_spec("sc_crop") is None:
-        return None
-    import sc_crop
-
-    try:
-        found = sc_crop.detect(img, **{k: getattr(pads, k.removeprefix("pad_"))
-                                       for k in crop_metadata.PAD_KEYS})
-    except RuntimeError as exc:  # no cord detected
-        log.warning("sc_crop found no cord (%s); using the spinalcord mask's box", exc)
-        return None
-    return tuple(slice(int(found[f"{a}min"]), int(found[f"{a}max"]) + 1) for a in "xyz")
+        out = _on_crop_box(img, spec, model, run, box)
+    log.info("%s: %s %s around the cord (%s)", spec.name, name, boxes.voxels(box), rule.to_dict())
+    return _Around(out, cord, _box_result(spec, name, box, out.mask[box], img.shape[:3]))
 
 
 def _on_padded_box(img: nib.Nifti1Image, spec: Task, model: ModelRef, run: _Run,
                    pads: crop_metadata.CropPadding, cord_mask) -> _Around:
-    """``spec``'s model on the box its ``crop_metadata.json`` asks for: the detector's box, else the
-    bounding box of ``cord_mask()`` padded (``postprocess.padded_box``); cut out, segmented, put back
-    on the full grid (zeros outside). No cord: the whole image, with a warning."""
-    box, source, cord = _detector_box(img, pads), "sc_crop", None
+    """``spec``'s model on the crop box its ``crop_metadata.json`` asks for: the ``sc_crop`` detector's box,
+    else the bounding box of ``cord_mask()`` padded (``boxes.padded_box``). No cord: the whole image, with
+    a warning."""
+    box, source, cord = boxes.detector_box(img, pads), "the sc_crop detector", None
     if box is None:
         cord = cord_mask()
-        found = bounding_box(cord)
+        found = boxes.bounding_box(cord)
         if found is None:
-            log.warning("%s: no spinal cord found; segmenting the whole image instead of a crop", spec.name)
+            log.warning("%s: no spinal cord found; segmenting the whole image instead of a %s", spec.name,
+                        boxes.CROP_BOX)
             whole = _run_model(img, spec, model, run)
-            return _Around(whole, _Pass(cord, cord.astype(np.float32), whole.folds), CropResult(None))
-        box, source = padded_box(found, img.affine, img.shape[:3], pads), tasks.CORD_MODEL
-    sub = _run_model(crop_image(img, box), spec, model, run)
-    mask, prob = np.zeros(img.shape[:3], bool), np.zeros(img.shape[:3], np.float32)
-    mask[box], prob[box] = sub.mask, sub.prob
-    touches = touches_box(sub.mask, box, img.shape[:3])
-    if touches:
-        log.warning("%s: the mask touches the crop box %s; it may continue outside it", spec.name,
-                    [[s.start, s.stop] for s in box])
+            return _Around(whole, _Pass(cord, cord.astype(np.float32), whole.folds), BoxResult(None))
+        box = boxes.padded_box(found, img.affine, img.shape[:3], pads)
+        source = f"{crop_metadata.FILE} paddings around the {tasks.CORD_MODEL} mask"
+    out = _on_crop_box(img, spec, model, run, box)
+    log.info("%s: %s %s from %s", spec.name, boxes.CROP_BOX, boxes.voxels(box), source)
     cord_pass = _Pass(cord, cord.astype(np.float32), []) if cord is not None else None
-    voxels = [[s.start, s.stop] for s in box]
-    log.info("%s: crop_metadata.json box %s from %s", spec.name, voxels, source)
-    return _Around(_Pass(mask, prob, sub.folds), cord_pass, CropResult(voxels, touches))
+    return _Around(out, cord_pass, _box_result(spec, boxes.CROP_BOX, box, out.mask[box], img.shape[:3]))
 
 
 # ---- entry point ------------------------------------------------------------------------------------
@@ -393,7 +331,8 @@ def _threshold(spec: Task, run: _Run) -> str:
 
 def _segment_nnunet(img: nib.Nifti1Image, spec: Task, located: dict[str, ModelRef], run: _Run,
                     options: RunOptions, models: Mapping[str, Any] | None) -> tuple[_Around | None, _Pass]:
-    """The task's own pass: on a crop release's box, on the box around the cord, or on the whole image.
+    """The task's own pass: on a crop release's crop box, on the row's box around the cord (ROI box or crop
+    box), or on the whole image.
     Returns (the cord/box part or None, the task's pass)."""
     pads = crop_metadata.read(located[spec.main_model].path)
     if pads is not None:
@@ -433,7 +372,7 @@ def segment(img: nib.Nifti1Image, *, task: str | Task, models: Mapping[str, Any]
     provenance = Provenance(task=spec.name, engine="bidsapp.engine.nnunet (torch)", device=run.device,
                             models=located, folds=folds, tta=run.tta, ensemble=run.ensemble,
                             precision=run.precision, threshold=_threshold(spec, run),
-                            crop=around.crop if around is not None else None)
+                            crop=around.box if around is not None else None)
     return SegmentationResult(
         mask=like(img, out.mask.astype(np.uint8), np.uint8),
         probseg=like(img, np.clip(out.prob, 0.0, 1.0).astype(np.float32), np.float32),

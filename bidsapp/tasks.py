@@ -27,7 +27,8 @@ NNUNET, ONNX = "nnunet", "onnx"
 
 @dataclass(frozen=True)
 class BoxRule:
-    """How the box around the cord is made and run (facts of the result: recorded for up-to-date checks)."""
+    """How a task's box around the cord is made and run (``boxes.box_around_cord``; facts of the result:
+    recorded for up-to-date checks)."""
 
     margin_mm: float
     """In-plane dilation of the cord's bounding box, mm."""
@@ -36,9 +37,9 @@ class BoxRule:
     margin_slices: int | None = None
     """... or in slices (SCT's MP2RAGE recipe)."""
     windows: str = "image"
-    """``image``: the whole image is preprocessed and only the sliding windows that overlap the box run
-    (inside the box the result IS the whole image's); ``crop``: the box is cut out and segmented as an
-    image of its own (a model trained on crops)."""
+    """``image``: the box is an ROI box: the whole image is preprocessed and only the sliding windows that
+    overlap it run (inside it the result IS the whole image's); ``crop``: the box is a crop box, cut out
+    and segmented as an image of its own (a model trained on crops)."""
     cord_tile_step: float | None = None
     """Window step of the cord pass that places the box (None: the cord task's own step)."""
 
@@ -159,8 +160,8 @@ _TABLE: tuple[Task, ...] = (
          class_hints=("lesion",), writes_cord=True, lesion_table=True,
          # SCT 7.3 (scripts/sct_deepseg.py: ensemble=True for lesion_ms): the per-fold vote
          ensemble="sct",
-         # SCT 7.3 segments the whole image: the box is opt-in (--crop), for speed. Inside it the result is
-         # the whole image's whatever the margins: they only say how far from the cord lesions are looked
+         # SCT 7.3 segments the whole image: the ROI box is opt-in (--crop), for speed. Inside it the result
+         # is the whole image's whatever the margins: they only say how far from the cord lesions are looked
          # for (bench/RESULTS-crop.md); the box comes from the SCT cord (the cord task's own rules)
          crop=CropPolicy("optional", default=False, box=BoxRule(margin_mm=10.0, margin_si_mm=15.0,
                                                                  windows="image"))),
@@ -171,9 +172,10 @@ _TABLE: tuple[Task, ...] = (
          aliases=("seg_ms_lesion_mp2rage",), contrasts=("UNIT1",), routes_from=("UNIT1",), home=("UNIT1",),
          foreign_tag="MP2RAGE", writes_cord=True, lesion_table=True,
          sct_output_suffix="_lesion_seg", class_hints=("lesion",),
-         # the model's README: the cord dilated 30 mm in-plane and 5 mm along S-I, in physical space (SCT's
-         # literal `sct_crop_image -dilate 30x30x5` counts voxels, right only for 1 mm images); one fold:
-         # SCT's single-model path is that fold's argmax, as the logit "mean" of one fold
+         # its crop box, the model's README: the cord dilated 30 mm in the axial plane and 5 mm along S-I
+         # (SCT's recipe `sct_crop_image -m SEG -dilate 30x30x5` counts voxels of the array axes: the same
+         # box on axial 1 mm images; README "The MP2RAGE crop box"); one fold: SCT's single-model path is
+         # that fold's argmax, as the logit "mean" of one fold
          crop=CropPolicy("always", box=BoxRule(margin_mm=30.0, margin_si_mm=5.0, windows="crop"))),
     Task(CORD_MODEL, engine=NNUNET, models=(CORD_MODEL,), label="SC", mask_type="ROI",
          description="Spinal cord segmented by the SCT contrast-agnostic model",

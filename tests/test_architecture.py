@@ -18,7 +18,7 @@ FLOORS = {
     "bidsapp.imaging": 1, "bidsapp.metrics": 1, "bidsapp.derivatives": 1, "bidsapp.settings": 1,
     "bidsapp.validation": 1, "bidsapp.engine": 1, "bidsapp.models": 1,
     "bidsapp.legacy": 2, "bidsapp.plan": 2, "bidsapp.qc": 2, "bidsapp.analysis": 2, "bidsapp.guards": 2,
-    "bidsapp.postprocess": 2,
+    "bidsapp.postprocess": 2, "bidsapp.boxes": 2,
     "bidsapp.pipelines": 3, "bidsapp.group": 3, "bidsapp.analyze": 3,
     "bidsapp.runner": 4, "bidsapp.segment": 4,
     "bidsapp.cli": 5,

@@ -41,7 +41,12 @@ def test_crop_path_agrees_with_whole_image_on_the_input_grid():
     prov = crop.provenance.crop
     assert prov is not None and list(crop.provenance.models) == ["spinalcord", "lesion_ms"]
     box = tuple(slice(a, b) for a, b in prov.box_voxels)
-    assert box == pipelines.box_around_cord(np.asarray(crop.cord.dataobj) > 0, ph.image.affine, box_rule)
+    # the ROI box by hand: the returned cord's extent + 10 mm / 0.8 mm = 12.5 -> 13 voxels in-plane and
+    # 5 mm / 0.8 mm = 6.25 -> 7 slices along axis 2 (S-I: the grid tilts by at most 8 degrees), clipped
+    hit, shape = np.argwhere(np.asarray(crop.cord.dataobj) > 0), ph.image.shape
+    expect = tuple(slice(max(int(hit[:, a].min()) - m, 0), min(int(hit[:, a].max()) + 1 + m, shape[a]))
+                   for a, m in enumerate((13, 13, 7)))
+    assert box == expect
     assert [b.stop - b.start for b in box[:2]] < list(ph.image.shape[:2])  # in-plane really cropped
     for res in (full, crop):  # exact input grid
         assert res.mask.shape == ph.image.shape and np.array_equal(res.mask.affine, ph.image.affine)

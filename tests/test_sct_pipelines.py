@@ -15,9 +15,7 @@ import pytest
 from scipy import ndimage
 
 from bidsapp import pipelines
-from bidsapp.models.crop_metadata import CropPadding
 from bidsapp.pipelines import RunOptions
-from bidsapp.postprocess import bounding_box, padded_box
 from tests import sct_oracle as sct
 from tests.engine_models import dice, one_torch_thread  # noqa: F401 - autouse fixture
 
@@ -143,7 +141,12 @@ def test_crop_release_runs_on_its_padded_box_around_scts_cord(crop_release, orac
     img = sct.sct_image("las", seed=3)
     res = pipelines.segment(img, task="lesion_ms", models=crop_release, options=CPU)
     cord = sct.sct_deepseg("spinalcord", oracles["spinalcord"], img).astype(bool)
-    box = padded_box(bounding_box(cord), img.affine, img.shape, CropPadding(6.0, 9.0, 4.0, 3.0, 5.0, 2.0))
+    # the padded box by hand: LAS 0.8 x 0.8 x 3 mm; axis 0 points to L (low face right 3 mm -> 4 voxels,
+    # high face left 4 mm -> 5), axis 1 to A (posterior 2 mm -> 3, anterior 5 mm -> 7), axis 2 to S
+    # (inferior 9 mm -> 3 slices, superior 6 mm -> 2)
+    hit = np.argwhere(cord)
+    box = tuple(slice(max(int(hit[:, a].min()) - lo, 0), min(int(hit[:, a].max()) + 1 + hi, img.shape[a]))
+                for a, (lo, hi) in enumerate(((4, 5), (3, 7), (3, 2))))
     assert res.provenance.crop.box_voxels == [[s.start, s.stop] for s in box]
     assert any(b.stop - b.start < n for b, n in zip(box, img.shape, strict=True))  # a real crop
     ref = np.zeros(img.shape, np.uint8)

@@ -15,9 +15,10 @@ import nibabel as nib
 import numpy as np
 
 from .. import orientation as ori
+from ..boxes import box_around_cord, cut
 from ..engine.preprocess import bbox_slices, nonzero_bbox, normalize
 from ..engine.resample import compute_new_shape, resample_to_shape
-from ..pipelines import cord_crop_box, crop_image
+from ..tasks import BoxRule
 from .phantom import AXIAL_ORIENTATIONS, SAGITTAL_ORIENTATIONS, Appearance, Grid, make_anatomy, make_phantom
 
 
@@ -68,10 +69,16 @@ def random_phantom(rng: np.random.Generator, contrast: str, *, lesions: bool):
     return make_phantom(contrast, rng=rng, anatomy=anatomy, grid=grid, look=look)
 
 
+#: the crop box the demo MP2RAGE model was trained on: SCT's recipe (30 mm in-plane, 5 slices along S-I);
+#: the task's own rule counts 5 mm along S-I (tasks.py), the same on the 1 mm grids the recipe is for
+TRAINING_CROP = BoxRule(margin_mm=30.0, margin_slices=5, windows="crop")
+
+
 def crop_around_cord(image: nib.Nifti1Image, target: nib.Nifti1Image, cord: nib.Nifti1Image):
-    """The crop the ``lesion_ms_mp2rage`` pipeline makes (same function), from the true cord."""
-    box = cord_crop_box(np.asarray(cord.dataobj) > 0, cord.affine)
-    return (image, target) if box is None else (crop_image(image, box), crop_image(target, box))
+    """The crop box of :data:`TRAINING_CROP` (``boxes``, as the ``lesion_ms_mp2rage`` pipeline cuts it)
+    around the true cord."""
+    box = box_around_cord(np.asarray(cord.dataobj) > 0, cord.affine, TRAINING_CROP)
+    return (image, target) if box is None else (cut(image, box), cut(target, box))
 
 
 def preprocess(
