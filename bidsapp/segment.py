@@ -73,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the soft map (float32 in [0, 1]); without PROBMAP: "
                         "<name>_msLesionSoft.nii.gz beside the mask (SCT's -soft-ms-lesion name)")
     p.add_argument("--cord", type=_nifti_path, metavar="CORDMASK",
-                   help="also write the cord mask the box around the cord came from (lesion_ms_mp2rage; "
-                        "lesion_ms unless --no-crop)")
+                   help="also write the cord mask the box around the cord came from (lesion_ms_mp2rage: its "
+                        "crop box; lesion_ms --crop: its ROI box)")
     p.add_argument("--tta", action="store_true",
                    help="mirroring test-time augmentation (off by default, as in SCT)")
     p.add_argument("--crop", action=argparse.BooleanOptionalAction, default=None, help=CROP_HELP)

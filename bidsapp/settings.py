@@ -12,8 +12,8 @@ from . import __version__, tasks
 
 #: the --crop / --no-crop help of both command lines (run.py and bidsapp.segment); the default is the
 #: task table's
-CROP_HELP = ("lesion_ms: run spinalcord first, then only the windows that overlap a box around the cord (the "
-             "whole image's result inside the box, nothing outside); default: "
+CROP_HELP = ("lesion_ms: run spinalcord first, then only the windows that overlap the ROI box around the "
+             "cord (the whole image's result inside the box, nothing outside); default: "
              + ("on (--no-crop: the whole image)" if tasks.CROP_DEFAULT
                 else "off: the whole image, as SCT 7.3"))
 #: the --ensemble help of both command lines
@@ -66,8 +66,8 @@ class Settings:
     folds: tuple[int, ...] | None = None
     """nnU-Net folds to ensemble (None: every fold in the model folder)."""
     crop: bool = tasks.CROP_DEFAULT
-    """Tasks whose crop is optional (lesion_ms) run on a box around the cord, spinalcord first
-    (``--crop`` / ``--no-crop``, resolved by the CLI; tasks that always crop ignore it)."""
+    """Tasks whose crop is optional (lesion_ms) run on the ROI box around the cord, spinalcord first
+    (``--crop`` / ``--no-crop``, resolved by the CLI; tasks that always run on a crop box ignore it)."""
     ensemble: str | None = None
     """``--ensemble``: fold ensembling of the nnU-Net tasks (None: each task's rule)."""
     cord: bool = True
@@ -101,7 +101,7 @@ class Settings:
 
     def parameters(self, task: str | tasks.Task) -> dict[str, Any]:
         """What changes ``task``'s result besides its input and models (recorded for up-to-date checks):
-        the run's settings and the task's rules, with its box around the cord when it crops."""
+        the run's settings and the task's rules, with its box rule when it runs on a box around the cord."""
         spec = tasks.get(task)
         rules = spec.rules()
         if self.ensemble is not None and spec.engine == tasks.NNUNET:
