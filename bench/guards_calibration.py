@@ -10,7 +10,7 @@ Two measurements, each in a fresh process, peak = VmHWM of that process:
   ``ACT_BYTES_PER_FEATURE * f + ACT_BYTES_PER_VOXEL``;
 - ``predict``: ``NnUNetPredictor.predict`` of a demo model on phantoms of several shapes and voxel
   sizes: the process's peak and its growth during the call (``peak - RSS before``) against
-  ``guards.estimate_memory`` (total, and its part beyond the worker baseline and the weights).
+  ``memory.estimate_memory`` (total, and its part beyond the worker baseline and the weights).
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def _plans(kind: str, patch):
 def forward_child(kind: str, patch, batch: int) -> dict:
     import torch
 
-    from bidsapp import guards
+    from bidsapp import memory
     from bidsapp.engine.network import architecture, build_network, instance_norms_as_group_norms
 
     plans = _plans(kind, patch)
@@ -67,7 +67,7 @@ def forward_child(kind: str, patch, batch: int) -> dict:
         net(x)
     peak = _status("VmHWM") - before
     vox = batch * patch[0] * patch[1] * patch[2]
-    model = (guards.ACT_BYTES_PER_FEATURE * f0 + guards.ACT_BYTES_PER_VOXEL) * vox
+    model = (memory.ACT_BYTES_PER_FEATURE * f0 + memory.ACT_BYTES_PER_VOXEL) * vox
     return {"network": kind, "patch": patch, "batch": batch, "features": f0,
             "peak_mb": round(peak / 2 ** 20, 1),
             "bytes_per_voxel_feature": round(peak / (vox * f0), 1), "model_mb": round(model / 2 ** 20, 1),
@@ -78,7 +78,7 @@ def predict_child(shape, zooms, task: str) -> dict:
     import nibabel as nib
     import numpy as np
 
-    from bidsapp import guards
+    from bidsapp import guards, memory
     from bidsapp.engine import NnUNetModel, NnUNetPredictor
 
     folder = next((DEMO / task).glob("*__*__*"))
@@ -86,7 +86,7 @@ def predict_child(shape, zooms, task: str) -> dict:
     g = np.meshgrid(*[np.linspace(-1, 1, s, dtype=np.float32) for s in shape], indexing="ij")
     data = 200 + 300 * np.exp(-(g[0] ** 2 + g[1] ** 2) / 0.05) + rng.normal(0, 10, shape)
     img = nib.Nifti1Image(data.astype(np.float32), np.diag([*zooms, 1.0]))
-    est = guards.estimate_memory(shape, zooms, img.affine, [guards.nnunet_plan(task, folder)])
+    est = memory.estimate_memory(shape, zooms, img.affine, [guards.nnunet_plan(task, folder)])
     predictor = NnUNetPredictor(NnUNetModel.load(folder), device="cpu")
     before = _status("VmRSS")
     probs = predictor.predict(img)

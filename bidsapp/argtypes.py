@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 from collections.abc import Callable
 from typing import NoReturn
 
 from .errors import EXIT
+
+MiB, GiB = 2 ** 20, 2 ** 30
 
 
 class Parser(argparse.ArgumentParser):
@@ -57,3 +61,37 @@ def folds(text: str) -> list[int | str]:
 def flatten_folds(groups: list[list[int | str]] | None) -> tuple[int | str, ...] | None:
     """``--folds 0 1`` and ``--folds 0,1`` alike (nargs="+" of :func:`folds`)."""
     return None if not groups else tuple(f for group in groups for f in group)
+
+
+# ---- memory sizes and seconds ---------------------------------------------------------------------
+_MEM_UNITS = {"": MiB, "K": 2 ** 10, "M": MiB, "G": GiB, "T": 2 ** 40}
+_MEM_RE = re.compile(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]?)(?:I?B)?\s*", re.IGNORECASE)
+
+
+def parse_memory(text: str) -> int:
+    """``--mem`` in bytes: ``8G``, ``8GB``, ``8GiB``, ``8000M``, ``1.5T``; a bare number is megabytes, as
+    fMRIPrep's ``--mem`` and SLURM's ``--mem`` read it. ValueError on anything else."""
+    m = _MEM_RE.fullmatch(str(text))
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"{text!r} is not a memory size (e.g. 8G, 8GB, 8000MB; a bare number is MB)")
+    return int(float(m.group(1)) * _MEM_UNITS[m.group(2).upper()])
+
+
+def mem_arg(text: str) -> str:
+    """argparse ``type=`` for ``--mem``: the text itself once :func:`parse_memory` accepts it."""
+    try:
+        parse_memory(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return str(text).strip()
+
+
+def seconds_arg(text: str) -> float:
+    """argparse ``type=`` for ``--image-timeout``: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, guards, tasks
-from .argtypes import Parser, flatten_folds, folds, positive_int
+from . import __version__, tasks
+from .argtypes import Parser, flatten_folds, folds, mem_arg, positive_int, seconds_arg
 from .engine.precision import PRECISIONS
 from .errors import EXIT, ConfigError, CordlesionError, ModelError, OutputError
 from .pool import Interrupted, stop_on_signals
@@ -92,11 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print the plan (inputs, tasks, models, outputs, up to date or not) and stop")
     run.add_argument("--verbose", action="count", default=0, help="more log output (repeat for debug)")
     res = p.add_argument_group("resource limits")
-    res.add_argument("--mem", "--mem_mb", "--mem-mb", type=guards.mem_arg, metavar="SIZE",
+    res.add_argument("--mem", "--mem_mb", "--mem-mb", type=mem_arg, metavar="SIZE",
                      help="memory the workers share, e.g. 8G, 8000MB (a bare number is MB); an image whose "
                      "estimate exceeds a worker's share is refused before any work (default: the SLURM "
                      "allocation, the cgroup limit, or the available memory)")
-    res.add_argument("--image-timeout", "--image_timeout", type=guards.seconds_arg, metavar="SECONDS",
+    res.add_argument("--image-timeout", "--image_timeout", type=seconds_arg, metavar="SECONDS",
                      help="seconds one image may take; its worker is then killed, the image fails and the "
                      "others go on (default: no limit)")
     res.add_argument("--allow-unusual-geometry", "--allow_unusual_geometry", action="store_true",

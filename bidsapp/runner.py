@@ -20,8 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__, derivatives, guards, pipelines, pool, tasks
-from .errors import CordlesionError, InputImageError
+from . import __version__, derivatives, guards, memory, pipelines, pool, tasks
+from .errors import CordlesionError, InputImageError, failure_reason
 from .plan import Job
 from .settings import Settings
 
@@ -36,7 +36,7 @@ class WorkItem:
     models: Mapping[str, Any]
     state: Mapping[str, Any] | None
     up_to_date: bool = False
-    budget: guards.MemoryBudget | None = None
+    budget: memory.MemoryBudget | None = None
     """The memory one worker may use (set by ``run_jobs``: the run's budget over the workers at once)."""
 
 
@@ -167,7 +167,7 @@ def run_one(item: WorkItem, settings: Settings) -> JobResult:
         status = "failed"
         # a sentence, never a foreign exception's text: the console gets the one FAILED line of the
         # progress report; the traceback goes to this image's log only
-        message = guards.failure_reason(exc, job.source.path)
+        message = failure_reason(exc, job.source.path)
         capture.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s failed: %s\n%s",
                                       (job.name, message, traceback.format_exc()), None))
         _write_qc(item, settings, start, error=message)
@@ -244,7 +244,7 @@ def _guard(item: WorkItem, settings: Settings) -> None:
     estimate = guards.check_image(path, read_header(path), guards.task_plans(item.models, settings.folds),
                                   budget=item.budget, allow_unusual=settings.allow_unusual_geometry)
     log.info("%s: memory estimate %s (peak at the %s model's grid %s)", path,
-             guards.format_bytes(estimate.total_bytes), estimate.model, "x".join(map(str, estimate.grid)))
+             memory.format_bytes(estimate.total_bytes), estimate.model, "x".join(map(str, estimate.grid)))
 
 
 def _provenance(result: pipelines.SegmentationResult, stats: Any, state: Mapping[str, Any],
@@ -319,7 +319,7 @@ def run_jobs(items: Sequence[WorkItem], settings: Settings) -> RunSummary:
     if not todo:
         return summary
     workers = min(settings.nprocs, len(todo))
-    budget = guards.memory_budget(settings.mem, workers)
+    budget = memory.memory_budget(settings.mem, workers)
     if budget is not None:
         log.info("memory: %s", budget.describe())
     todo = [dataclasses.replace(i, budget=budget) for i in todo]

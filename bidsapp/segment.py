@@ -25,8 +25,8 @@ import logging
 import sys
 from pathlib import Path
 
-from . import guards, tasks
-from .argtypes import Parser, flatten_folds, folds
+from . import guards, memory, tasks
+from .argtypes import Parser, flatten_folds, folds, mem_arg
 from .derivatives import nifti_stem
 from .engine.precision import PRECISIONS
 from .errors import EXIT
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true", help="use the embedded demo models (phantoms only)")
     p.add_argument("--models-dir", type=Path, metavar="DIR", help="where models are installed")
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
-    p.add_argument("--mem", type=guards.mem_arg, metavar="SIZE",
+    p.add_argument("--mem", type=mem_arg, metavar="SIZE",
                    help="memory this may use, e.g. 8G (bare number: MB); an image whose estimate exceeds it "
                    "is refused before any work (default: SLURM, cgroup or available memory)")
     p.add_argument("--allow-unusual-geometry", action="store_true",
@@ -203,7 +203,7 @@ def _guard(args: argparse.Namespace) -> dict:
     located = {name: given.get(name) or locate(name, models_dir=args.models_dir, demo=args.demo)
                for name in tasks.get(args.task_name).models_run(args.crop)}
     plans = guards.task_plans(located, flatten_folds(args.folds))
-    guards.check_image(args.input, read_header(args.input), plans, budget=guards.memory_budget(args.mem, 1),
+    guards.check_image(args.input, read_header(args.input), plans, budget=memory.memory_budget(args.mem, 1),
                        allow_unusual=args.allow_unusual_geometry)
     return located
 

@@ -87,7 +87,7 @@ class Settings:
     """Do not validate the input dataset."""
     mem: str | None = None
     """``--mem`` as given (``8G``, ``8000MB``; bare number MB): the memory the workers share; None: the
-    SLURM allocation, the cgroup limit or MemAvailable (``guards.memory_budget``)."""
+    SLURM allocation, the cgroup limit or MemAvailable (``memory.memory_budget``)."""
     image_timeout: float | None = None
     """``--image-timeout``: seconds one image may take in its worker before the worker is killed."""
     allow_unusual_geometry: bool = False

@@ -16,7 +16,7 @@ FLOORS = {
     "bidsapp": 0, "bidsapp.errors": 0, "bidsapp.orientation": 0, "bidsapp.tasks": 0, "bidsapp.argtypes": 0,
     "bidsapp.pool": 0,
     "bidsapp.imaging": 1, "bidsapp.metrics": 1, "bidsapp.derivatives": 1, "bidsapp.settings": 1,
-    "bidsapp.validation": 1, "bidsapp.engine": 1, "bidsapp.models": 1,
+    "bidsapp.validation": 1, "bidsapp.engine": 1, "bidsapp.models": 1, "bidsapp.memory": 1,
     "bidsapp.legacy": 2, "bidsapp.plan": 2, "bidsapp.qc": 2, "bidsapp.analysis": 2, "bidsapp.guards": 2,
     "bidsapp.postprocess": 2, "bidsapp.boxes": 2,
     "bidsapp.pipelines": 3, "bidsapp.group": 3, "bidsapp.analyze": 3,

@@ -1,4 +1,5 @@
-"""Header guards (issue 19): plausibility, model grids, memory estimate vs budget, failure sentences."""
+"""Header guards (issue 19): plausibility, model grids, memory vs budget (memory.py), failure sentences
+(errors.py)."""
 from __future__ import annotations
 
 import errno
@@ -12,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bidsapp import guards, orientation
+from bidsapp import argtypes, errors, guards, memory, orientation
 from bidsapp.engine.resample import compute_new_shape
 from bidsapp.errors import InputImageError, ModelError
 
@@ -21,12 +22,12 @@ DEMO = ROOT / "bidsapp" / "models" / "demo"
 GiB, MiB = 2 ** 30, 2 ** 20
 
 
-def demo_plan(task: str) -> guards.ModelPlan:
+def demo_plan(task: str) -> memory.ModelPlan:
     return guards.nnunet_plan(task, next((DEMO / task).glob("*__*__*")))
 
 
 @pytest.fixture(scope="module")
-def plans() -> list[guards.ModelPlan]:
+def plans() -> list[memory.ModelPlan]:
     return [demo_plan("spinalcord"), demo_plan("lesion_ms")]
 
 
@@ -106,7 +107,7 @@ def test_model_grid_matches_the_engine(axcodes, plans):
     affine = np.linalg.inv(nib.orientations.inv_ornt_aff(ornt, shape)) @ np.diag([*zooms, 1.0])
     assert nib.aff2axcodes(affine) == axcodes
     for plan in plans:
-        assert guards.model_grid(shape, zooms, affine, plan) == _engine_grid(shape, zooms, affine, plan)
+        assert memory.model_grid(shape, zooms, affine, plan) == _engine_grid(shape, zooms, affine, plan)
 
 
 def test_micrometre_voxels_are_refused_by_the_grid_check_not_a_zero_division(plans):
@@ -121,10 +122,10 @@ def test_micrometre_voxels_are_refused_by_the_grid_check_not_a_zero_division(pla
 
 # ---- memory estimate ----------------------------------------------------------------------------
 def test_estimate_is_modest_for_a_real_image_and_huge_for_15_mm(plans):
-    normal = guards.estimate_memory((320, 320, 60), (0.7, 0.7, 3.0), np.diag([0.7, 0.7, 3.0, 1]), plans)
+    normal = memory.estimate_memory((320, 320, 60), (0.7, 0.7, 3.0), np.diag([0.7, 0.7, 3.0, 1]), plans)
     assert normal.model == "lesion_ms" and normal.grid == (120, 320, 320)
     assert 0.6 * GiB < normal.total_bytes < 2 * GiB
-    coarse = guards.estimate_memory((320, 320, 60), (15.0,) * 3, np.diag([15.0] * 3 + [1]), plans)
+    coarse = memory.estimate_memory((320, 320, 60), (15.0,) * 3, np.diag([15.0] * 3 + [1]), plans)
     assert coarse.grid == (600, 6857, 6857) and coarse.total_bytes > 100 * GiB
     # the logits of every class on that grid alone: 2 x 600 x 6857^2 float32
     assert coarse.total_bytes > 2 * 600 * 6857 ** 2 * 4
@@ -132,11 +133,11 @@ def test_estimate_is_modest_for_a_real_image_and_huge_for_15_mm(plans):
 
 def test_estimate_grows_with_classes_folds_and_features(plans):
     shape, zooms, aff = (200, 200, 40), (0.7, 0.7, 3.0), np.diag([0.7, 0.7, 3.0, 1])
-    base = guards.estimate_memory(shape, zooms, aff, plans[1:]).total_bytes
+    base = memory.estimate_memory(shape, zooms, aff, plans[1:]).total_bytes
     from dataclasses import replace
 
     for change in ({"n_classes": 4}, {"n_folds": 5}, {"base_features": 32}, {"weights_bytes": 10 ** 9}):
-        assert guards.estimate_memory(shape, zooms, aff, [replace(plans[1], **change)]).total_bytes > base
+        assert memory.estimate_memory(shape, zooms, aff, [replace(plans[1], **change)]).total_bytes > base
 
 
 def test_legacy_plan_grid_is_half_millimetre_in_plane(tmp_path):
@@ -144,7 +145,7 @@ def test_legacy_plan_grid_is_half_millimetre_in_plane(tmp_path):
     onnx.write_bytes(b"x" * 1000)
     plan = guards.legacy_plan("t2", onnx)
     aff = np.diag([1.0, 1.0, 3.0, 1.0])
-    assert guards.model_grid((100, 80, 20), (1.0, 1.0, 3.0), aff, plan) == (200, 160, 20)
+    assert memory.model_grid((100, 80, 20), (1.0, 1.0, 3.0), aff, plan) == (200, 160, 20)
     assert plan.weights_bytes == 1000
 
 
@@ -152,7 +153,7 @@ _PEAK_CHILD = r"""
 import json, sys
 import numpy as np, nibabel as nib, torch
 torch.set_num_threads(1)
-from bidsapp import guards
+from bidsapp import guards, memory
 from bidsapp.engine import NnUNetModel, NnUNetPredictor
 from bidsapp.models import locate
 shape, zooms = (80, 80, 24), (1.4, 1.4, 3.0)
@@ -160,7 +161,7 @@ g = np.meshgrid(*[np.linspace(-1, 1, s, dtype=np.float32) for s in shape], index
 data = (200 + 300 * np.exp(-(g[0] ** 2 + g[1] ** 2) / 0.05)).astype(np.float32)
 img = nib.Nifti1Image(data, np.diag([*zooms, 1.0]))
 folder = locate("lesion_ms", demo=True).path
-est = guards.estimate_memory(shape, zooms, img.affine, [guards.nnunet_plan("lesion_ms", folder)])
+est = memory.estimate_memory(shape, zooms, img.affine, [guards.nnunet_plan("lesion_ms", folder)])
 probs = NnUNetPredictor(NnUNetModel.load(folder), device="cpu").predict(img)
 mask = probs.argmax(0) == 1
 hwm = [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
@@ -185,13 +186,13 @@ def test_estimate_covers_the_measured_peak_of_a_worker():
     (" 16 G ", 16 * GiB),
 ])
 def test_parse_memory(text, expected):
-    assert guards.parse_memory(text) == expected
+    assert argtypes.parse_memory(text) == expected
 
 
 @pytest.mark.parametrize("text", ["", "abc", "-1G", "0", "8X", "8 GBs", "G8"])
 def test_parse_memory_refuses(text):
     with pytest.raises(ValueError, match="not a memory size"):
-        guards.parse_memory(text)
+        argtypes.parse_memory(text)
 
 
 def _reader(files: dict[str, str]):
@@ -214,31 +215,31 @@ MEMINFO = "MemTotal:       32000000 kB\nMemFree:  1000 kB\nMemAvailable:   20000
     (None, {"SLURM_MEM_PER_NODE": "16G"}, {"/sys/fs/cgroup/memory.max": str(6 * GiB)}, 6 * GiB, "cgroup"),
 ])
 def test_memory_budget_sources(mem, env, files, total, source):
-    budget = guards.memory_budget(mem, 2, env, read=_reader(files))
+    budget = memory.memory_budget(mem, 2, env, read=_reader(files))
     assert budget.total_bytes == total and source in budget.source
     assert budget.per_worker_bytes == total // 2
 
 
 def test_memory_budget_none_when_nothing_says():
-    assert guards.memory_budget(None, 1, {}, read=_reader({})) is None
+    assert memory.memory_budget(None, 1, {}, read=_reader({})) is None
 
 
 def test_check_memory_refuses_with_the_figure_and_the_limit(plans):
     aff = np.diag([0.7, 0.7, 3.0, 1])
-    est = guards.estimate_memory((320, 320, 60), (0.7, 0.7, 3.0), aff, plans)
-    guards.check_memory("a.nii.gz", est, guards.MemoryBudget(4 * GiB, "--mem 4G"))
-    guards.check_memory("a.nii.gz", est, None)
+    est = memory.estimate_memory((320, 320, 60), (0.7, 0.7, 3.0), aff, plans)
+    memory.check_memory("a.nii.gz", est, memory.MemoryBudget(4 * GiB, "--mem 4G"))
+    memory.check_memory("a.nii.gz", est, None)
     with pytest.raises(InputImageError) as err:
-        guards.check_memory("a.nii.gz", est, guards.MemoryBudget(2 * GiB, "--mem 2G", nprocs=4))
+        memory.check_memory("a.nii.gz", est, memory.MemoryBudget(2 * GiB, "--mem 2G", nprocs=4))
     text = str(err.value)
-    assert text.startswith(f"a.nii.gz: needs about {guards.format_bytes(est.total_bytes)} of memory")
+    assert text.startswith(f"a.nii.gz: needs about {memory.format_bytes(est.total_bytes)} of memory")
     assert "120x320x320 voxels on the lesion_ms model's 1.5x0.7x0.7 mm grid" in text
     assert "more than 512 MB per worker (2.0 GB from --mem 2G, shared by --nprocs 4)" in text
 
 
 def test_image_guards_order(plans):
     shape, zooms, aff = (320, 320, 60), (15.0, 15.0, 15.0), np.diag([15.0] * 3 + [1])
-    budget = guards.MemoryBudget(8 * GiB, "--mem 8G")
+    budget = memory.MemoryBudget(8 * GiB, "--mem 8G")
     with pytest.raises(InputImageError, match="coarser than the 10 mm"):
         guards.image_guards("x.nii", shape, zooms, aff, plans, budget=budget)
     with pytest.raises(InputImageError, match=r"needs about 5\d\d\.\d GB of memory"):
@@ -286,7 +287,7 @@ def _nibabel_error():
 ])
 def test_failure_reason_is_a_sentence_never_the_raw_text(make, words, raw):
     exc = make()
-    reason = guards.failure_reason(exc, "/bids/sub-01/anat/sub-01_T2w.nii.gz")
+    reason = errors.failure_reason(exc, "/bids/sub-01/anat/sub-01_T2w.nii.gz")
     assert reason.startswith("/bids/sub-01/anat/sub-01_T2w.nii.gz: ") and "\n" not in reason
     assert all(w in reason for w in words), reason
     if raw is not None:
@@ -295,7 +296,7 @@ def test_failure_reason_is_a_sentence_never_the_raw_text(make, words, raw):
 
 def test_failure_reason_keeps_our_own_messages():
     exc = InputImageError("a.nii: image is all zero")
-    assert guards.failure_reason(exc, "a.nii") == "a.nii: image is all zero"
+    assert errors.failure_reason(exc, "a.nii") == "a.nii: image is all zero"
 
 
 def test_task_plans_and_check_image_on_a_header_only(tmp_path):
@@ -310,4 +311,4 @@ def test_task_plans_and_check_image_on_a_header_only(tmp_path):
         guards.check_image(path, img, plans, budget=None)
     est = guards.check_image(path, img, plans, budget=None, allow_unusual=True)
     assert est.model == "spinalcord" and est.grid == (150, 450, 450) and not img.in_memory
-    assert guards.model_grid(img.shape, (15.0,) * 3, img.affine, plans[1]) == (900, 900, 20)
+    assert memory.model_grid(img.shape, (15.0,) * 3, img.affine, plans[1]) == (900, 900, 20)

@@ -30,7 +30,7 @@ from reliability_data import (
     tiny_bids,
 )
 
-from bidsapp import guards
+from bidsapp import guards, memory
 from bidsapp.demo.dataset import save_nifti
 from bidsapp.models import locate
 
@@ -127,7 +127,7 @@ def test_an_image_over_a_small_mem_is_refused_and_the_others_land(tiny, tmp_path
     good = nib.load(str(image_path(bids, "sub-01", "sag")))
 
     def estimate(img):
-        return guards.estimate_memory(img.shape, img.header.get_zooms(), img.affine, plans).total_bytes
+        return memory.estimate_memory(img.shape, img.header.get_zooms(), img.affine, plans).total_bytes
 
     assert estimate(big) > 1.2 * estimate(good)
     mem_mb = int((estimate(big) + estimate(good)) / 2 / 2 ** 20)
@@ -136,7 +136,7 @@ def test_an_image_over_a_small_mem_is_refused_and_the_others_land(tiny, tmp_path
     assert code == 1, err
     failed = _failed(err)
     assert len(failed) == 1 and path in failed[0], failed
-    assert "needs about" in failed[0] and f"more than the limit ({guards.format_bytes(mem_mb * 2 ** 20)} " \
+    assert "needs about" in failed[0] and f"more than the limit ({memory.format_bytes(mem_mb * 2 ** 20)} " \
         f"from --mem {mem_mb}MB)" in failed[0], failed[0]
     _good_ones_landed(out)
 
