@@ -31,6 +31,11 @@ class OutputError(CordlesionError, OSError):
     """An output cannot be written (disk full, permissions, output inside bids_dir, ...)."""
 
 
+class CorrectionError(InputImageError):
+    """A corrected mask (``--corrections``) cannot be used: off the image's grid, not binary, two files for
+    one image. Only that image's correction is refused; the model's results stay."""
+
+
 #: The one exit-code table of every command line (run.py, bidsapp.segment, the group level): the BIDS
 #: execution spec draft's codes plus sysexits (64 usage, 65 bad input data, 66 missing input, 73 cannot
 #: create output).

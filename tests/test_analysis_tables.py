@@ -26,7 +26,7 @@ def test_cells(value, text):
     assert format_value(value) == text
 
 
-def test_combine_prefixes_keys_and_refuses_other_columns():
+def test_combine_prefixes_keys_and_maps_other_columns():
     one = tsv(["lesion_id", "volume_mm3"], [{"lesion_id": 1, "volume_mm3": 2.5}, {"lesion_id": 2}])
     empty = tsv(["lesion_id", "volume_mm3"], [])
     text = combine_tables([(("sub-01", "ses-1"), one), (("sub-02", "n/a"), empty), (("sub-03", None), one)],
@@ -36,8 +36,12 @@ def test_combine_prefixes_keys_and_refuses_other_columns():
     assert [(r["participant_id"], r["session_id"], r["lesion_id"], r["volume_mm3"]) for r in rows] == [
         ("sub-01", "ses-1", "1", "2.5"), ("sub-01", "ses-1", "2", "n/a"),
         ("sub-03", "n/a", "1", "2.5"), ("sub-03", "n/a", "2", "n/a")]
-    with pytest.raises(ValueError, match="sub-09"):
-        combine_tables([(("sub-01",), one), (("sub-09",), tsv(["lesion_id"], []))], ("participant_id",))
+    # a table of another release (fewer columns, or more) lands on the union of the columns, n/a where absent
+    newer = tsv(["lesion_id", "volume_mm3", "mask_source"],
+                [{"lesion_id": 1, "volume_mm3": 4, "mask_source": "manual"}])
+    mixed = read_tsv(combine_tables([(("sub-01",), one), (("sub-09",), newer)], ("participant_id",)))
+    assert [(r["participant_id"], r["volume_mm3"], r["mask_source"]) for r in mixed] == [
+        ("sub-01", "2.5", "n/a"), ("sub-01", "n/a", "n/a"), ("sub-09", "4", "manual")]
     nothing = combine_tables([], ("participant_id",))
     assert nothing.splitlines() == ["participant_id\t" + "\t".join(LesionMeasures.columns())]
 

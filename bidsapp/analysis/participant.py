@@ -7,6 +7,7 @@ tables, which re-label the written masks).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from ..imaging import like
 from .lesions import LesionAnalysis, analyze_lesions, lesion_labels
-from .tables import LESION_DICTIONARY, lesion_tsv
+from .tables import LESION_DICTIONARY, SOURCE_DICTIONARY, lesion_tsv
 
 
 @dataclass(frozen=True)
@@ -29,10 +30,11 @@ class LesionOutputs:
     dictionary: dict[str, Any]
 
 
-def lesion_outputs(mask: nib.Nifti1Image, cord: nib.Nifti1Image | None, *,
-                   drop_outside_cord: bool = False) -> LesionOutputs:
+def lesion_outputs(mask: nib.Nifti1Image, cord: nib.Nifti1Image | None, *, drop_outside_cord: bool = False,
+                   sources: Mapping[str, str | None] | None = None) -> LesionOutputs:
     """Measure the lesions of ``mask`` (with ``cord`` when given); with ``drop_outside_cord`` first remove
-    from the mask every lesion with no voxel in the cord."""
+    from the mask every lesion with no voxel in the cord. ``sources``: the table's ``mask_source`` and
+    ``cord_source`` columns (``model`` / ``manual``; the BIDS run gives them)."""
     if drop_outside_cord and cord is None:
         raise ValueError("dropping lesions outside the cord needs the cord mask")
     analysis = analyze_lesions(mask, cord)
@@ -46,4 +48,5 @@ def lesion_outputs(mask: nib.Nifti1Image, cord: nib.Nifti1Image | None, *,
         "Definitions": "SCT 7.3 sct_analyze_lesion (cordlesion bidsapp.analysis)",
         "Connectivity": analysis.connectivity, "CordMask": cord is not None,
         "DropOutsideCord": bool(drop_outside_cord), "DroppedLesions": len(dropped)}}
-    return LesionOutputs(mask, analysis, lesion_tsv(analysis), provenance, dict(LESION_DICTIONARY))
+    dictionary = {**LESION_DICTIONARY, **(SOURCE_DICTIONARY if sources is not None else {})}
+    return LesionOutputs(mask, analysis, lesion_tsv(analysis, sources), provenance, dictionary)

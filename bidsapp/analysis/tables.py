@@ -71,6 +71,24 @@ LESION_DICTIONARY: dict[str, dict[str, str]] = {
                                   "dorsal_bridge_width_mm + ventral_bridge_width_mm." + _WITH_CORD, "mm"),
 }
 
+_SOURCE_LEVELS = {"model": "the model's mask, as written beside the table",
+                  "manual": "a corrected mask read from the --corrections folder (its path, sha256, author "
+                            "and date: the mask sidecar's Provenance.MaskSource and the QC record)"}
+#: what each per-image table's figures were computed from (issue 24), one value per image
+SOURCE_DICTIONARY: dict[str, dict[str, Any]] = {
+    "mask_source": {**_col("Lesion mask source", "Which lesion mask the figures were measured on."),
+                    "Levels": dict(_SOURCE_LEVELS)},
+    "cord_source": {**_col("Cord mask source", "Which cord mask the cord-relative figures used; n/a without "
+                                               "a cord mask."), "Levels": dict(_SOURCE_LEVELS)},
+}
+CHANGE_SOURCE_DICTIONARY: dict[str, dict[str, Any]] = {
+    "mask_source": {**_col("Follow-up lesion mask source", "Which follow-up lesion mask was compared."),
+                    "Levels": dict(_SOURCE_LEVELS)},
+    "baseline_mask_source": {**_col("Baseline lesion mask source", "Which baseline lesion mask was "
+                                                                   "compared."),
+                             "Levels": dict(_SOURCE_LEVELS)},
+}
+
 STATUS_LEVELS = {
     "new": "no baseline lesion overlaps it (and large enough)",
     "enlarged": "grew beyond both thresholds",
@@ -91,8 +109,9 @@ def _rule_text(rules: ChangeRules) -> str:
             "otherwise stable. A merge/split group of lesions is compared as a whole.")
 
 
-def change_dictionary(rules: ChangeRules) -> dict[str, Any]:
-    """The change table's data dictionary, with the thresholds of this run and their defaults."""
+def change_dictionary(rules: ChangeRules, *, sources: bool = False) -> dict[str, Any]:
+    """The change table's data dictionary, with the thresholds of this run and their defaults (``sources``:
+    with the mask source columns of the group level's tables)."""
     status = _col("Change status", _rule_text(rules))
     status["Levels"] = dict(STATUS_LEVELS)  # type: ignore[assignment]
     d = ChangeRules()
@@ -124,6 +143,7 @@ def change_dictionary(rules: ChangeRules) -> dict[str, Any]:
                               "mm"),
         "centroid_y_mm": _col("Centroid y", "As centroid_x_mm, y.", "mm"),
         "centroid_z_mm": _col("Centroid z", "As centroid_x_mm, z.", "mm"),
+        **(CHANGE_SOURCE_DICTIONARY if sources else {}),
         "Thresholds": {"min_new_volume_mm3": rules.min_new_volume_mm3,
                        "enlarge_relative": rules.enlarge_relative,
                        "enlarge_absolute_mm3": rules.enlarge_absolute_mm3,
@@ -160,12 +180,20 @@ def lesion_rows(analysis: LesionAnalysis) -> list[dict[str, Any]]:
     return [asdict(r) for r in analysis.lesions]
 
 
-def lesion_tsv(analysis: LesionAnalysis) -> str:
-    return tsv(LesionMeasures.columns(), lesion_rows(analysis))
+def lesion_tsv(analysis: LesionAnalysis, sources: Mapping[str, str | None] | None = None) -> str:
+    """The per-lesion table; ``sources``: the :data:`SOURCE_DICTIONARY` columns (the same on every row)."""
+    if sources is None:
+        return tsv(LesionMeasures.columns(), lesion_rows(analysis))
+    return tsv([*LesionMeasures.columns(), *SOURCE_DICTIONARY],
+               [{**row, **sources} for row in lesion_rows(analysis)])
 
 
-def change_tsv(change: SessionChange) -> str:
-    return tsv(LesionChange.columns(), [asdict(c) for c in change.changes])
+def change_tsv(change: SessionChange, sources: Mapping[str, str | None] | None = None) -> str:
+    """The change table; ``sources``: the :data:`CHANGE_SOURCE_DICTIONARY` columns."""
+    rows = [asdict(c) for c in change.changes]
+    if sources is None:
+        return tsv(LesionChange.columns(), rows)
+    return tsv([*LesionChange.columns(), *CHANGE_SOURCE_DICTIONARY], [{**row, **sources} for row in rows])
 
 
 def write_table(path: str | Path, text: str, dictionary: Mapping[str, Any]) -> Path:
@@ -187,20 +215,28 @@ def read_tsv(text: str) -> list[dict[str, str]]:
 
 
 def combine_tables(parts: Iterable[tuple[Sequence[str], str]], key_columns: Sequence[str]) -> str:
-    """One TSV from many of the same columns, each row prefixed with its part's key values (e.g.
-    participant_id, session_id, source file): the group-level per-lesion table. Text only (no parsing
-    of the numbers), so 2,000 per-image tables join in well under a second."""
-    header: str | None = None
-    lines: list[str] = []
+    """One TSV from many per-image tables, each row prefixed with its part's key values (e.g.
+    participant_id, session_id, source file): the group-level per-lesion table. Text only: a part with
+    the first part's header is copied line by line, so 2,000 per-image tables join in well under a
+    second; a part with other columns (written by another release) is mapped onto the union of the
+    columns, ``n/a`` where it has none."""
+    columns: list[str] = []
+    blocks: list[tuple[str, list[str], list[str]]] = []
     for keys, text in parts:
         rows = text.splitlines()
         if not rows:
             continue
-        if header is None:
-            header = rows[0]
-        elif rows[0] != header:
-            raise ValueError(f"table of {'/'.join(keys)} has other columns than the first one")
+        header = rows[0].split("\t")
+        columns += [c for c in header if c not in columns]
         prefix = "\t".join(format_value(k) for k in keys) + "\t"
-        lines.extend(prefix + row for row in rows[1:] if row)
-    head = "\t".join(key_columns) + "\t" + (header or "\t".join(LesionMeasures.columns()))
-    return "\n".join([head, *lines]) + "\n"
+        blocks.append((prefix, header, [row for row in rows[1:] if row]))
+    columns = columns or LesionMeasures.columns()
+    lines = ["\t".join([*key_columns, *columns])]
+    for prefix, header, rows in blocks:
+        if header == columns:
+            lines.extend(prefix + row for row in rows)
+            continue
+        for row in rows:
+            values = dict(zip(header, row.split("\t"), strict=False))
+            lines.append(prefix + "\t".join(values.get(c, NA) for c in columns))
+    return "\n".join(lines) + "\n"

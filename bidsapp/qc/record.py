@@ -63,6 +63,9 @@ class QcJob:
     demo: bool
     runtime_s: float | None = None
     outputs: Mapping[str, str] = field(default_factory=dict)
+    mask_source: Mapping[str, Any] | None = None
+    """What the figures were computed from (``corrections.mask_source_block``); None: no record of it
+    (a failed image)."""
 
 
 def build_record(job: QcJob, *, status: str = "ok", error: str | None = None,
@@ -91,5 +94,7 @@ def build_record(job: QcJob, *, status: str = "ok", error: str | None = None,
         "lesions": None if failed or stats is None else _lesions(stats),
         "qc_error": qc_error,
     }
+    if job.mask_source is not None:
+        record["mask_source"] = dict(job.mask_source)
     record_validator().validate(record)
     return record
