@@ -33,8 +33,16 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from .derivatives import nifti_stem, sha256_file, source_entities
-from .errors import CorrectionError
+from . import __version__, tasks
+from .derivatives import (
+    atomic_write_bytes,
+    atomic_write_json,
+    nifti_stem,
+    read_json_quietly,
+    sha256_file,
+    source_entities,
+)
+from .errors import ConfigError, CorrectionError
 from .imaging import like
 
 #: affines closer than this (mm, and unitless for the direction cosines) are the same grid: a viewer that
@@ -266,3 +274,52 @@ def load_corrections(candidates: Candidates, image: nib.Nifti1Image, source_relp
 def source_of(correction: Correction | None) -> dict[str, Any]:
     """The ``mask_source`` entry of one mask: the correction's, or the model's."""
     return correction.source() if correction is not None else dict(MODEL_SOURCE)
+
+
+# ------------------------------------------------------------------------------ masks to correct
+#: where the group level puts the model's masks under the names manual_correction.py reads with
+#: ``-path-label`` (``-suffix-files-lesion _lesion-manual -suffix-files-seg _seg-manual``)
+LABELS_DIR = "group/labels"
+
+
+def _to_correct(record: Mapping[str, Any]) -> list[tuple[str, LabelKind]]:
+    """(output key, kind) of the masks of one QC record that a rater may correct."""
+    outputs = record.get("outputs") or {}
+    try:
+        spec = tasks.get(str(record.get("task")))
+    except ConfigError:  # a record of an unknown task: nothing to offer
+        return []
+    if spec.label == "SC":
+        return [("mask", CORD)] if "mask" in outputs else []
+    keys = [("mask", LESION)] if spec.label == "lesion" and "mask" in outputs else []
+    return keys + ([("cord", CORD)] if "cord" in outputs else [])
+
+
+def write_correction_labels(output_dir: str | Path, records: Sequence[Mapping[str, Any]]) -> int:
+    """Copy each image's model masks to ``LABELS_DIR`` under manual-correction's names (``<image
+    stem>_lesion-manual.nii.gz``, ``_seg-manual``), with a sidecar whose ``GeneratedBy`` names cordlesion:
+    manual_correction.py starts from them and adds its ``Manual`` entry. One image with two lesion tasks
+    offers the first task of the task table's. A file already holding the bytes is left as it is.
+    Returns the number of files written."""
+    root, order = Path(output_dir), {name: i for i, name in enumerate(tasks.names())}
+    chosen: dict[Path, tuple[Path, Mapping[str, Any]]] = {}
+    ok = [r for r in records if r.get("status") == "ok" and isinstance(r.get("source"), str)]
+    for record in sorted(ok, key=lambda r: order.get(str(r.get("task")), len(order))):
+        source = PurePosixPath(str(record["source"]))
+        for key, kind in _to_correct(record):
+            target = root / LABELS_DIR / source.parent / f"{nifti_stem(source.name)}{kind.suffixes[0]}.nii.gz"
+            chosen.setdefault(target, (root / str(record["outputs"][key]), record))
+    written = 0
+    for target, (mask, record) in chosen.items():
+        data = mask.read_bytes() if mask.is_file() else None
+        if data is None:
+            continue
+        if not target.is_file() or target.read_bytes() != data:
+            atomic_write_bytes(target, data)
+            written += 1
+        what = f"{record['task']} mask of {record['source']}, to correct"
+        sidecar = {"GeneratedBy": [{"Name": "cordlesion", "Version": __version__, "Description": what}],
+                   "SpatialReference": f"bids:raw:{record['source']}"}
+        if read_json_quietly(sidecar_path(target)) != sidecar:
+            atomic_write_json(sidecar_path(target), sidecar)
+    return written

@@ -32,7 +32,10 @@ TABLE_PATH, DICTIONARY_PATH = "group/lesions.tsv", "group/lesions.json"
 
 COLUMNS = ("participant_id", "session_id", "acquisition", "run", "contrast", "task", "lesion_count",
            "total_lesion_volume_mm3", "largest_lesion_mm3", "status", "model_release", "demo_model",
-           "source", "error")
+           "mask_source", "cord_source", "manual_mask", "manual_mask_sha256", "manual_mask_author",
+           "manual_mask_date", "manual_cord", "source", "error")
+_SOURCES = {"model": "the model's mask (written in output_dir)",
+            "manual": "a corrected mask from the --corrections folder (manual_* columns)"}
 
 DATA_DICTIONARY: dict[str, dict[str, Any]] = {
     "participant_id": {"Description": "Participant label with the sub- prefix."},
@@ -54,6 +57,17 @@ DATA_DICTIONARY: dict[str, dict[str, Any]] = {
     "demo_model": {"Description": "Whether an embedded DEMO model (phantom-trained, not for real data) "
                                   "was used.",
                    "Levels": {"true": "demo model", "false": "official model"}},
+    "mask_source": {"Description": "The mask the figures were measured on (for the spinalcord task: its cord "
+                                   "mask); n/a when the image failed.", "Levels": _SOURCES},
+    "cord_source": {"Description": "The cord mask the lesion table used; n/a without one.",
+                    "Levels": _SOURCES},
+    "manual_mask": {"Description": "The corrected mask read (mask_source manual), as found; n/a otherwise."},
+    "manual_mask_sha256": {"Description": "SHA-256 of the corrected mask file read."},
+    "manual_mask_author": {"Description": "Author of the correction (its JSON sidecar's GeneratedBy Manual "
+                                          "entry, as manual_correction.py writes it); n/a when not given."},
+    "manual_mask_date": {"Description": "Date of the correction (GeneratedBy Manual Date); n/a when not "
+                                        "given."},
+    "manual_cord": {"Description": "The corrected cord mask read (cord_source manual); n/a otherwise."},
     "source": {"Description": "Source image, relative to the BIDS dataset root."},
     "error": {"Description": "Why the image failed (one line); n/a when it did not."},
 }
@@ -102,7 +116,7 @@ def table_row(entry: Entry) -> dict[str, Any]:
     rec, ent = entry.record, entry.record.get("entities", {})
     les = rec.get("lesions") or {}
     model = rec.get("model") or {}
-    return {
+    return {**_row_sources(rec),
         "participant_id": f"sub-{ent['sub']}" if ent.get("sub") else None,
         "session_id": f"ses-{ent['ses']}" if ent.get("ses") else None,
         "acquisition": ent.get("acq"), "run": ent.get("run"), "contrast": ent.get("suffix"),
@@ -112,6 +126,20 @@ def table_row(entry: Entry) -> dict[str, Any]:
         "demo_model": None if "demo" not in model else bool(model["demo"]),
         "source": rec.get("source"), "error": rec.get("error"),
     }
+
+
+def _row_sources(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The mask_source columns of one record (records written before corrections: the model's masks)."""
+    if record.get("status") != "ok":
+        return {}
+    recorded = record.get("mask_source")
+    if not isinstance(recorded, Mapping):
+        return {"mask_source": "model"}
+    mask, cord = recorded.get("mask") or {}, recorded.get("cord") or {}
+    return {"mask_source": mask.get("source"), "cord_source": cord.get("source"),
+            "manual_mask": mask.get("path"), "manual_mask_sha256": mask.get("sha256"),
+            "manual_mask_author": mask.get("author"), "manual_mask_date": mask.get("date"),
+            "manual_cord": cord.get("path")}
 
 
 def _tsv_value(value: Any) -> str:
@@ -139,10 +167,34 @@ def _study_name(output_dir: Path) -> str:
     return str(name) if name else output_dir.resolve().name
 
 
-def run_group(output_dir: str | Path, bids_dir: str | Path | None = None) -> int:
-    """Build ``group/lesions.tsv`` + ``lesions.json``, the study's lesion tables and ``qc/index.html`` from
-    output_dir (``bids_dir``: the source images, for the change between sessions); exit code."""
+def stale_corrections(output_dir: Path, records: Sequence[Mapping[str, Any]], corrections: Path) -> list[str]:
+    """The images whose corrected files in ``corrections`` are not those their figures were measured on
+    (new, changed or removed since the participant level): ``"<source> (<task>)"``."""
+    from .corrections import find_candidates
+    from .derivatives import read_provenance
+    from .figures import figures_state, kinds_for
+
+    stale = []
+    for rec in records:
+        mask_json = (rec.get("outputs") or {}).get("mask_json")
+        if rec.get("status") != "ok" or not rec.get("task") or not mask_json:
+            continue
+        block = rec.get("mask_source") if isinstance(rec.get("mask_source"), Mapping) else {}
+        kinds = [k for k in kinds_for(str(rec["task"]), cord_used=bool(block.get("cord"))) if k is not None]
+        found = figures_state(find_candidates(corrections, str(rec["source"]), kinds))
+        if (read_provenance(output_dir / mask_json) or {}).get("FiguresState") != found:
+            stale.append(f"{rec['source']} ({rec['task']})")
+    return stale
+
+
+def run_group(output_dir: str | Path, bids_dir: str | Path | None = None,
+              corrections: str | Path | None = None) -> int:
+    """Build ``group/lesions.tsv`` + ``lesions.json``, the study's lesion tables, the model masks to correct
+    (``corrections.LABELS_DIR``) and ``qc/index.html`` from output_dir (``bids_dir``: the source images, for
+    the change between sessions; ``corrections``: the labels folder the participant level read, checked
+    against what each image's figures were measured on); exit code."""
     from .analysis.study import page_lesions, write_study
+    from .corrections import write_correction_labels
 
     root = Path(output_dir)
     entries = collect_records(root)
@@ -154,7 +206,10 @@ def run_group(output_dir: str | Path, bids_dir: str | Path | None = None) -> int
         atomic_write_bytes(root / TABLE_PATH, lesion_table([table_row(e) for e in entries]).encode("utf-8"))
         atomic_write_json(root / DICTIONARY_PATH, DATA_DICTIONARY)
         analysis = write_study(root, bids_dir, [e.record for e in entries])
-        index = write_index(root, entries, study=_study_name(root),
+        write_correction_labels(root, [e.record for e in entries])
+        paths = {"output_dir": str(root.absolute()), **({"bids_dir": str(bids_dir)} if bids_dir else {}),
+                 **({"corrections": str(corrections)} if corrections else {})}
+        index = write_index(root, entries, study=_study_name(root), paths=paths,
                             lesions=page_lesions(root, [(e.path, e.record) for e in entries], analysis))
     except OutputError as exc:
         log.error("%s", exc)
@@ -163,6 +218,12 @@ def run_group(output_dir: str | Path, bids_dir: str | Path | None = None) -> int
     if failed:
         log.warning("%d of %d images failed at the participant level: listed in %s and %s",
                     failed, len(entries), TABLE_PATH, index.relative_to(root).as_posix())
+    stale = stale_corrections(root, [e.record for e in entries], Path(corrections)) if corrections else []
+    if stale:
+        log.warning("%d image(s) have corrected masks in %s that their figures were not measured on (new, "
+                    "changed or removed since the participant level): re-run the participant level with "
+                    "--corrections %s (it redoes their figures only, no model): %s", len(stale), corrections,
+                    corrections, "; ".join(stale[:5]) + (" ..." if len(stale) > 5 else ""))
     if analysis.failed_pairs:
         log.warning("%d session pair(s) without a change table (see group/new_enlarging.tsv): %s",
                     len(analysis.failed_pairs), "; ".join(analysis.failed_pairs[:3]))

@@ -4,10 +4,11 @@ from __future__ import annotations
 import json
 
 import nibabel as nib
+import numpy as np
 import pytest
 from analysis_phantoms import two_sessions
 
-from bidsapp.analysis import analyze_lesions
+from bidsapp.analysis import analyze_lesions, lesion_labels
 from bidsapp.analysis.study import COUNTS_PATH, PER_LESION_PATH, read_counts, write_study
 from bidsapp.analysis.tables import LESION_DICTIONARY, lesion_tsv, read_tsv
 from bidsapp.derivatives import image_names
@@ -99,3 +100,46 @@ def test_page_lesions_mark_the_follow_up_statuses(study):
     direct = analyze_lesions(s.followup_mask).lesions
     volumes = [les["vol"] for les in page[SOURCES["M12"]]]
     assert volumes == pytest.approx([r.volume_mm3 for r in direct], abs=1e-3)
+
+
+def test_change_uses_the_corrected_masks_the_records_name(study, tmp_path):
+    """Issue 24: a follow-up whose figures were measured on a corrected mask is compared on that mask; the
+    tables say so; a corrected file changed since the participant level stops that pair, with the fix."""
+    import shutil
+
+    from bidsapp.analysis import SessionInputs, analyze_change
+    from bidsapp.analysis.tables import change_tsv
+    from bidsapp.derivatives import sha256_file
+    from bidsapp.imaging import like
+
+    s, bids, _, records, _ = study
+    out = tmp_path / "out"
+    shutil.copytree(study[2], out)
+    # the rater removed the new lesion: the corrected follow-up is the follow-up without it
+    data = np.asarray(s.followup_mask.dataobj) > 0
+    labels = lesion_labels(s.followup_mask)
+    new = [r.lesion_id for r in analyze_lesions(s.followup_mask).lesions][-1]
+    fixed = tmp_path / "labels" / "sub-01_ses-M12_acq-sag_T2w_lesion-manual.nii.gz"
+    fixed.parent.mkdir()
+    nib.save(like(s.followup_mask, (data & (labels != new)).astype(np.uint8), np.uint8), fixed)
+    manual = {"source": "manual", "path": str(fixed), "sha256": sha256_file(fixed), "author": "A",
+              "date": "D"}
+    corrected = [r if r["source"] != SOURCES["M12"] else
+                 {**r, "mask_source": {"mask": manual, "cord": None, "refused": [], "notes": []}}
+                 for r in records]
+    write_study(out, bids, corrected)
+    (row,) = read_counts(out)
+    sources = (row["followup_mask_source"], row["baseline_mask_source"], row["error"])
+    assert sources == ("manual", "model", "n/a")
+    direct = analyze_change(SessionInputs(nib.load(fixed), nib.load(bids / SOURCES["M12"]),
+                                          s.baseline_mask, nib.load(bids / SOURCES["M0"])))
+    text = (out / row["change_table"]).read_text()
+    assert text == change_tsv(direct, {"mask_source": "manual", "baseline_mask_source": "model"})
+    assert row["new"] == "0" and direct.count("new") == 0
+    nib.save(like(s.followup_mask, data.astype(np.uint8), np.uint8), fixed)   # edited after the run
+    result = write_study(out, bids, corrected)
+    (row,) = read_counts(out)
+    assert row["new"] == "n/a" and row["error"] == (
+        f"{fixed}: corrected lesion mask changed or missing since the participant level: re-run the "
+        "participant level with --corrections")
+    assert result.failed_pairs

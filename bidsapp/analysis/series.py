@@ -87,4 +87,4 @@ def counts_row(baseline: SessionImage, followup: SessionImage, counts: Mapping[s
 COUNT_COLUMNS: Sequence[str] = (
     "participant_id", "contrast", "acquisition", "run", "task", "baseline_session", "followup_session",
     "new", "enlarged", "stable", "shrunk", "disappeared", "registration_ncc", "cord_dice", "change_table",
-    "error")
+    "followup_mask_source", "baseline_mask_source", "error")

@@ -30,6 +30,7 @@ from .registration import RegistrationSettings, tfm_text
 from .series import COUNT_COLUMNS, SessionImage, consecutive_pairs, counts_row, pair_name
 from .tables import (
     LESION_DICTIONARY,
+    SOURCE_DICTIONARY,
     change_dictionary,
     change_tsv,
     combine_tables,
@@ -121,13 +122,43 @@ class _PairFiles:
                 for f in dataclasses.fields(self)}
 
 
+def mask_source(image: SessionImage, key: str = "mask") -> dict[str, Any] | None:
+    """What an image's figures were measured on (its QC record's ``mask_source``; ``key``: ``mask`` or
+    ``cord``): ``{"source": "model"}`` for records written before corrections existed."""
+    recorded = (image.payload or {}).get("mask_source") if isinstance(image.payload, Mapping) else None
+    if not isinstance(recorded, Mapping):
+        return {"source": "model"}
+    entry = recorded.get(key)
+    return dict(entry) if isinstance(entry, Mapping) else None
+
+
+def _measured(output_dir: Path, image: SessionImage, key: str) -> Path | None:
+    """The mask the image's figures were measured on: the corrected file it records (checked to be the
+    same file still: its sha256), else the model's in output_dir (the cord: None when it has none)."""
+    source = mask_source(image, key)
+    if source is not None and source.get("source") == "manual":
+        path = Path(str(source.get("path")))
+        if not path.is_file() or sha256_file(path) != source.get("sha256"):
+            what = "lesion" if key == "mask" else "cord"
+            raise CordlesionError(f"{path}: corrected {what} mask changed or missing since the participant "
+                                  "level: re-run the participant level with --corrections")
+        return path
+    names = image_names(image.source, image.task)
+    if key == "mask":
+        return output_dir / names.mask
+    return output_dir / names.cord if names.cord and (output_dir / names.cord).is_file() else None
+
+
 def _files(output_dir: Path, bids_dir: Path, baseline: SessionImage, followup: SessionImage) -> _PairFiles:
-    def cord(image: SessionImage) -> Path | None:
-        rel = image_names(image.source, image.task).cord
-        return output_dir / rel if rel and (output_dir / rel).is_file() else None
-    fu, bl = image_names(followup.source, followup.task), image_names(baseline.source, baseline.task)
-    return _PairFiles(output_dir / fu.mask, bids_dir / followup.source, output_dir / bl.mask,
-                      bids_dir / baseline.source, cord(followup), cord(baseline))
+    return _PairFiles(_measured(output_dir, followup, "mask"), bids_dir / followup.source,
+                      _measured(output_dir, baseline, "mask"), bids_dir / baseline.source,
+                      _measured(output_dir, followup, "cord"), _measured(output_dir, baseline, "cord"))
+
+
+def _sources(baseline: SessionImage, followup: SessionImage) -> dict[str, str]:
+    """The change table's source columns."""
+    return {"mask_source": (mask_source(followup) or {}).get("source", "model"),
+            "baseline_mask_source": (mask_source(baseline) or {}).get("source", "model")}
 
 
 def _inputs(files: _PairFiles) -> SessionInputs:
@@ -146,8 +177,9 @@ def _record(change: SessionChange, state: Mapping[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _state(files: _PairFiles, settings: StudySettings) -> dict[str, Any]:
-    return {"Inputs": files.checksums(), "Rules": dataclasses.asdict(settings.rules),
+def _state(files: _PairFiles, settings: StudySettings, sources: Mapping[str, str]) -> dict[str, Any]:
+    return {"Inputs": files.checksums(), "Sources": dict(sources),
+            "Rules": dataclasses.asdict(settings.rules),
             "Registration": {k: (list(v) if isinstance(v, tuple) else v)
                              for k, v in dataclasses.asdict(settings.registration).items()}}
 
@@ -157,14 +189,15 @@ def compare_pair(output_dir: Path, bids_dir: Path, pair: tuple[SessionImage, Ses
     """Change table of one pair (reused when up to date); returns its registration record."""
     baseline, followup = pair
     stem = f"{CHANGES_DIR}/{pair_name(baseline, followup)}"
-    files = _files(output_dir, bids_dir, baseline, followup)
-    state = _state(files, settings)
+    files, sources = _files(output_dir, bids_dir, baseline, followup), _sources(baseline, followup)
+    state = _state(files, settings, sources)
     record_path = output_dir / f"{stem}_registration.json"
     previous = read_json_quietly(record_path)
     if previous.get("State") == state and (output_dir / f"{stem}_change.tsv").is_file():
         return previous
     change = analyze_change(_inputs(files), settings.rules, settings.registration)
-    write_table(output_dir / f"{stem}_change.tsv", change_tsv(change), change_dictionary(settings.rules))
+    write_table(output_dir / f"{stem}_change.tsv", change_tsv(change, sources),
+                change_dictionary(settings.rules, sources=True))
     atomic_write_bytes(output_dir / f"{stem}.tfm", tfm_text(change.registration.transform))
     record = _record(change, state)
     atomic_write_json(record_path, record)  # last: its presence means the pair's files are complete
@@ -179,7 +212,7 @@ def write_study(output_dir: str | Path, bids_dir: str | Path | None, records: It
     images = study_images(records)
     result = StudyResult()
     text, result.lesion_rows = per_lesion_table(root, images)
-    write_table(root / PER_LESION_PATH, text, {**_KEY_DICTIONARY, **LESION_DICTIONARY})
+    write_table(root / PER_LESION_PATH, text, {**_KEY_DICTIONARY, **LESION_DICTIONARY, **SOURCE_DICTIONARY})
     pairs = consecutive_pairs(images)
     rows = []
     for pair in pairs:
@@ -201,12 +234,20 @@ def _pair_row(root: Path, bids_dir: str | Path | None, pair: tuple[SessionImage,
         message = " ".join(str(exc).split())[:300]
         log.warning("%s -> %s: change not computed (%s)", baseline.source, followup.source, message)
         result.failed_pairs.append(f"{followup.source}: {message}")
-        return counts_row(baseline, followup, dict.fromkeys(COUNTED), {"error": message})
+        return counts_row(baseline, followup, dict.fromkeys(COUNTED),
+                          {"error": message, **_pair_sources(pair)})
     statuses = record.get("Statuses", {})
     result.statuses[(followup.source, followup.task)] = {int(k): v for k, v in statuses.items()}
     quality = {"registration_ncc": record.get("NormalizedCrossCorrelation"),
-               "cord_dice": record.get("CordDice"), "change_table": f"{stem}_change.tsv"}
+               "cord_dice": record.get("CordDice"), "change_table": f"{stem}_change.tsv",
+               **_pair_sources(pair)}
     return counts_row(baseline, followup, record.get("Counts", {}), quality)
+
+
+def _pair_sources(pair: tuple[SessionImage, SessionImage]) -> dict[str, str]:
+    sources = _sources(*pair)
+    return {"followup_mask_source": sources["mask_source"],
+            "baseline_mask_source": sources["baseline_mask_source"]}
 
 
 def counts_dictionary(rules: ChangeRules) -> dict[str, Any]:
@@ -232,6 +273,10 @@ def counts_dictionary(rules: ChangeRules) -> dict[str, Any]:
                                      "cord masks."},
         "change_table": {"LongName": "Change table",
                          "Description": "The pair's per-lesion change table, relative to output_dir."},
+        "followup_mask_source": {**SOURCE_DICTIONARY["mask_source"],
+                                 "LongName": "Follow-up lesion mask source"},
+        "baseline_mask_source": {**SOURCE_DICTIONARY["mask_source"],
+                                 "LongName": "Baseline lesion mask source"},
         "error": {"LongName": "Error", "Description": "Why the change was not computed; n/a when it was."},
         "Rule": status["Description"],
     }

@@ -13,15 +13,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
 import jinja2
 from markupsafe import Markup
 
-from .. import __version__
+from .. import __version__, tasks
+from ..analysis.series import natural_key
 from ..derivatives import atomic_write_bytes
+from ..errors import ConfigError
 
 PAGE_SIZE = 50          # table rows per page: the DOM and the thumbnails stay small with 10^4 images
 INDEX_PATH = "qc/index.html"
@@ -45,6 +47,32 @@ def _figures(output_dir: Path, figures: Mapping[str, str]) -> dict[str, str]:
     return {view: _url(rel) for view, rel in figures.items() if (output_dir / rel).is_file()}
 
 
+def _image_name(source: Any) -> str | None:
+    """The image's file name as manual_correction.py's config lists it (None: not an image path)."""
+    name = PurePosixPath(str(source or "")).name
+    return name if name.endswith((".nii", ".nii.gz")) and name.startswith("sub-") else None
+
+
+def _config_key(task: Any) -> str:
+    """manual_correction.py's config key of a task's mask: ``FILES_SEG`` for the cord task's."""
+    try:
+        return "FILES_SEG" if tasks.get(str(task)).label == "SC" else "FILES_LESION"
+    except ConfigError:
+        return "FILES_LESION"
+
+
+def _sources(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """Mask source (``model``/``manual``; None for a failed image) and what a rater should read of it."""
+    block = rec.get("mask_source")
+    if rec.get("status") != "ok":
+        return {"ms": None, "cs": None, "fix": []}
+    if not isinstance(block, Mapping):
+        return {"ms": "model", "cs": None, "fix": []}
+    cord = block.get("cord") or {}
+    return {"ms": (block.get("mask") or {}).get("source"), "cs": cord.get("source"),
+            "fix": [*block.get("notes", []), *block.get("refused", [])]}
+
+
 def page_row(output_dir: Path, entry: Entry, lesions: Sequence[Mapping[str, Any]] | None = None
              ) -> dict[str, Any]:
     """What the page needs of one record (short keys keep 10^4 rows small); ``lesions``: its per-lesion
@@ -53,7 +81,7 @@ def page_row(output_dir: Path, entry: Entry, lesions: Sequence[Mapping[str, Any]
     ent = rec.get("entities", {})
     les = rec.get("lesions") or {}
     model = rec.get("model") or {}
-    return {
+    return {**_sources(rec), "img": _image_name(rec.get("source")), "key": _config_key(rec.get("task")),
         "rec": entry.path, "src": rec.get("source", entry.path),
         "sub": ent.get("sub"), "ses": ent.get("ses"), "acq": ent.get("acq"), "run": ent.get("run"),
         "con": ent.get("suffix"), "task": rec.get("task"),
@@ -84,15 +112,36 @@ def _environment() -> jinja2.Environment:
                               undefined=jinja2.StrictUndefined)
 
 
+def trajectories(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The sessions in natural order (``M2`` before ``M12``) and each series' points (row indices, in
+    session order): one series per subject, contrast, acq, run and task, of the images segmented."""
+    sessions = sorted({str(r["ses"]) for r in rows if r.get("ses")}, key=natural_key)
+    groups: dict[tuple, list[int]] = {}
+    for i, row in enumerate(rows):
+        if row.get("ses") and row.get("st") == "ok" and row.get("tot") is not None:
+            key = tuple(str(row.get(k) or "") for k in ("sub", "con", "acq", "run", "task"))
+            groups.setdefault(key, []).append(i)
+    series = []
+    for key in sorted(groups, key=lambda k: tuple(natural_key(part) for part in k)):
+        points = sorted(groups[key], key=lambda i: natural_key(str(rows[i]["ses"])))
+        label = " ".join(p for p in (f"sub-{key[0]}", key[1], key[2] and f"acq-{key[2]}",
+                                     key[3] and f"run-{key[3]}", key[4]) if p)
+        series.append({"label": label, "sub": key[0], "points": points})
+    return sessions, series
+
+
 def render_index(output_dir: Path, entries: Sequence[Entry], *, study: str,
-                 lesions: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> str:
-    """The HTML of the QC page for these records (``lesions``: record path -> its per-lesion figures)."""
+                 lesions: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+                 paths: Mapping[str, str] | None = None) -> str:
+    """The HTML of the QC page for these records (``lesions``: record path -> its per-lesion figures;
+    ``paths``: ``bids_dir`` / ``output_dir`` for the correction commands the export writes)."""
     lesions = lesions or {}
     rows = [page_row(Path(output_dir), e, lesions.get(e.path)) for e in entries]
     n_subjects = len({r["sub"] for r in rows})
     n_failed = sum(r["st"] == "failed" for r in rows)
+    sessions, series = trajectories(rows)
     data = {"study": study, "page_size": PAGE_SIZE, "n_subjects": n_subjects, "n_failed": n_failed,
-            "rows": rows}
+            "rows": rows, "sessions": sessions, "series": series, "paths": dict(paths or {})}
     js, css = _asset("index.js"), _asset("index.css")
     if "</" in js or "</" in css:  # our own files: a closing tag would end the inline block
         raise ValueError("index.js / index.css must not contain '</'")
@@ -103,9 +152,10 @@ def render_index(output_dir: Path, entries: Sequence[Entry], *, study: str,
 
 
 def write_index(output_dir: str | Path, entries: Sequence[Entry], *, study: str,
-                lesions: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> Path:
+                lesions: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+                paths: Mapping[str, str] | None = None) -> Path:
     """Write ``output_dir/qc/index.html`` atomically; returns its path."""
     path = Path(output_dir) / INDEX_PATH
-    html = render_index(Path(output_dir), entries, study=study, lesions=lesions)
+    html = render_index(Path(output_dir), entries, study=study, lesions=lesions, paths=paths)
     atomic_write_bytes(path, html.encode("utf-8"))
     return path

@@ -5,12 +5,12 @@
   const DATA = JSON.parse(document.getElementById("qc-data").textContent);
   const ROWS = DATA.rows;
   const PAGE_SIZE = DATA.page_size;
-  const RATINGS = {p: "pass", f: "fail", a: "artifact"};
+  const RATINGS = {p: "pass", f: "fail", a: "artifact", s: "cord"};
   const STORE_KEY = "cordlesion-qc:" + DATA.study;
   const COLUMNS = [
     ["thumb", ""], ["sub", "Subject"], ["ses", "Session"], ["acq", "Acq"], ["run", "Run"], ["con", "Contrast"],
     ["task", "Task"], ["n", "Lesions"], ["tot", "Total mm\u00b3"], ["max", "Largest mm\u00b3"], ["new", "New"],
-    ["st", "Status"], ["rating", "Rating"], ["err", "Error"],
+    ["ms", "Mask"], ["st", "Status"], ["rating", "Rating"], ["err", "Error"],
   ];
   const NUMERIC = new Set(["n", "tot", "max", "new"]);
   const COLLATOR = new Intl.Collator(undefined, {numeric: true});   // one collator: localeCompare builds one per call
@@ -54,7 +54,7 @@
     const values = Array.from(new Set(ROWS.map((r) => (r[key] === null ? "n/a" : String(r[key]))))).sort();
     const options = [["", "all"]].concat(values.map((v) => [v, v]));
     if (key === "rating") options.splice(1, options.length - 1, ["none", "unrated"], ["pass", "pass"],
-                                         ["fail", "fail"], ["artifact", "artifact"]);
+                                         ["fail", "fail"], ["artifact", "artifact"], ["cord", "cord"]);
     for (const [value, label] of options) {
       const opt = document.createElement("option");
       opt.value = value;
@@ -65,7 +65,7 @@
 
   function matches(row, f) {
     if (f.sub && !String(row.sub).toLowerCase().includes(f.sub)) return false;
-    for (const [key, want] of [["ses", f.ses], ["con", f.con], ["task", f.task], ["st", f.st]]) {
+    for (const [key, want] of [["ses", f.ses], ["con", f.con], ["task", f.task], ["st", f.st], ["ms", f.ms]]) {
       if (want && (row[key] === null ? "n/a" : String(row[key])) !== want) return false;
     }
     if (f.rating && (ratingOf(row) || "none") !== f.rating) return false;
@@ -77,7 +77,7 @@
   function readFilters() {
     const num = (id) => ($(id).value === "" ? null : Number($(id).value));
     return {sub: $("f-sub").value.trim().toLowerCase(), ses: $("f-ses").value, con: $("f-con").value,
-            task: $("f-task").value, st: $("f-st").value, rating: $("f-rating").value,
+            task: $("f-task").value, st: $("f-st").value, rating: $("f-rating").value, ms: $("f-ms").value,
             nmin: num("f-nmin"), nmax: num("f-nmax")};
   }
 
@@ -157,6 +157,7 @@
     for (const key of ["sub", "ses", "acq", "run", "con", "task"]) cell(tr, fmt(row[key]));
     for (const key of ["n", "tot", "max"]) cell(tr, fmt(row[key]), "num");
     cell(tr, fmt(row.new), row.new ? "num new-lesions" : "num");   // new lesions at a follow-up session
+    cell(tr, row.ms === "manual" ? "corrected" : fmt(row.ms), "src-" + row.ms);
     cell(tr, row.st, "status-" + row.st);
     const rating = ratingOf(row);
     cell(tr, rating || "\u00b7", "rating rating-" + (rating || "none"));
@@ -216,6 +217,8 @@
       ` \u00b7 rating: ${rating || "none"}`;
     $("d-error").hidden = !row.err;
     $("d-error").textContent = row.err || "";
+    $("d-source").hidden = row.ms !== "manual" && row.cs !== "manual" && !row.fix.length;
+    $("d-source").textContent = sourceText(row);
     for (const button of document.querySelectorAll("[data-rate]")) {
       button.classList.toggle("active", button.dataset.rate === rating);
     }
@@ -223,6 +226,13 @@
     const overlay = $("d-overlay").checked;
     setImage("d-axial", row.fig[overlay ? "axialoverlay" : "axial"]);
     setImage("d-sagittal", row.fig[overlay ? "sagittaloverlay" : "sagittal"]);
+  }
+
+  function sourceText(row) {
+    const parts = [];
+    if (row.ms === "manual") parts.push("figures from the corrected mask");
+    if (row.cs === "manual") parts.push("cord from the corrected cord mask");
+    return parts.concat(row.fix).join(" \u00b7 ");
   }
 
   // Per-lesion figures (the image's lesion table) and, at a follow-up, each lesion's change status.
@@ -288,11 +298,11 @@
   }
 
   function updateSummary() {
-    const counts = {pass: 0, fail: 0, artifact: 0};
+    const counts = {pass: 0, fail: 0, artifact: 0, cord: 0};
     for (const row of ROWS) { const r = ratingOf(row); if (r) counts[r] += 1; }
     $("summary").textContent = `${ROWS.length} images of ${DATA.n_subjects} subjects, ${DATA.n_failed} failed. ` +
-      `Rated: ${counts.pass} pass, ${counts.fail} fail, ${counts.artifact} artifact, ` +
-      `${ROWS.length - counts.pass - counts.fail - counts.artifact} unrated.`;
+      `Rated: ${counts.pass} pass, ${counts.fail} fail, ${counts.artifact} artifact, ${counts.cord} cord, ` +
+      `${ROWS.length - counts.pass - counts.fail - counts.artifact - counts.cord} unrated.`;
   }
 
   // ---------------------------------------------------------------------------------------- export
@@ -323,23 +333,49 @@
 
   const yamlString = (v) => JSON.stringify(String(v));   // a JSON string is a valid YAML double-quoted scalar
 
+  // manual_correction.py (spinalcordtoolbox/manual-correction) -config: FILES_LESION / FILES_SEG list image
+  // file names (it takes each one's basename, finds sub-/ses- in it, and opens <path-img>/sub/ses/anat/<name>);
+  // a key with an empty list makes it stop, so only keys with files are written.
+  function toCorrect() {
+    const files = {FILES_LESION: new Set(), FILES_SEG: new Set()};
+    const reruns = new Set();
+    for (const row of ROWS) {
+      const rating = ratingOf(row);
+      if (!row.img) continue;                       // an unusable record: no image to open
+      if (rating === "fail" || rating === "artifact" || row.st === "failed") files[row.key].add(row.img);
+      if (rating === "cord") files.FILES_SEG.add(row.img);
+      if (row.st === "failed") reruns.add(String(row.sub));
+    }
+    return {files, reruns: Array.from(reruns).sort(COLLATOR.compare)};
+  }
+
   function failYaml() {
-    const failed = ROWS.filter((r) => ratingOf(r) === "fail");
-    const crashed = ROWS.filter((r) => r.st === "failed");
-    const artifacts = ROWS.filter((r) => ratingOf(r) === "artifact");
-    const subjects = Array.from(new Set(failed.concat(crashed).map((r) => String(r.sub)))).sort();
-    const list = (rows) => (rows.length ? rows.map((r) => "  - " + yamlString(r.src)).join("\n") : "  []");
-    return [
-      "# cordlesion QC: images rated fail, images whose run failed, and images rated artifact.",
-      "# Re-run the segmentation of these subjects with:",
-      "#   run.py BIDS_DIR OUTPUT_DIR participant --overwrite --participant_label " + subjects.join(" "),
-      "participant_label:",
-      subjects.length ? subjects.map((s) => "  - " + yamlString(s)).join("\n") : "  []",
-      "FILES_FAIL:", list(failed),
-      "FILES_RUN_FAILED:", list(crashed),
-      "FILES_ARTIFACT:", list(artifacts),
-      "",
-    ].join("\n");
+    const {files, reruns} = toCorrect();
+    const paths = DATA.paths || {};
+    const bids = paths.bids_dir || "BIDS_DIR", out = paths.output_dir || "OUTPUT_DIR";
+    const labels = paths.corrections || bids + "/derivatives/labels";
+    const lines = [
+      "# cordlesion QC: images to correct (rated fail or artifact, or whose run failed: FILES_LESION;",
+      "# cord rated wrong: FILES_SEG), a config for spinalcordtoolbox/manual-correction:",
+      "#   python manual_correction.py -config qc_fail.yml -path-img " + bids + " \\",
+      "#     -path-label " + out + "/group/labels -path-out " + labels + " \\",
+      "#     -suffix-files-lesion _lesion-manual -suffix-files-seg _seg-manual",
+      "# then the figures from the corrected masks (no model re-run), and the group tables:",
+      "#   run.py " + bids + " " + out + " participant --corrections " + labels,
+      "#   run.py " + bids + " " + out + " group --corrections " + labels,
+    ];
+    if (reruns.length) lines.push("# runs that failed (re-run them): run.py ... participant --participant_label " +
+                                  reruns.join(" "));
+    let any = false;
+    for (const key of ["FILES_LESION", "FILES_SEG"]) {
+      const names = Array.from(files[key]).sort(COLLATOR.compare);
+      if (!names.length) continue;
+      any = true;
+      lines.push(key + ":");
+      for (const name of names) lines.push("  - " + yamlString(name));
+    }
+    if (!any) lines.push("{}");                    // nothing to correct: an empty mapping, not an empty file
+    return lines.join("\n") + "\n";
   }
 
   // ------------------------------------------------------------------------------------------ plot
@@ -381,15 +417,76 @@
       for (const [row, i] of ok.filter(([r]) => String(r.con) === g)) {
         const dot = svg("circle", {cx: cx + jitter(i) * band * 0.6, cy: y(row.tot), r: 3.2, class: "dot"}, root);
         svg("title", {}, dot).textContent = `${title(row)}: ${fmt(row.tot)} mm\u00b3, ${row.n} lesion(s)`;
-        dot.addEventListener("click", () => {
-          let pos = view.indexOf(i);
-          if (pos < 0) { $("filters").reset(); refresh(i); pos = view.indexOf(i); }
-          select(pos);
-          openDetail();
-        });
+        dot.addEventListener("click", () => openRow(i));
       }
     });
     host.replaceChildren(root);
+  }
+
+  function openRow(i) {           // the image of row i, in the detail view (clearing filters that hide it)
+    let pos = view.indexOf(i);
+    if (pos < 0) { $("filters").reset(); refresh(i); pos = view.indexOf(i); }
+    select(pos);
+    openDetail();
+  }
+
+  // --------------------------------------------------------------------------------- trajectories
+  // Each subject's series (contrast, acq, run, task) across sessions, lesion count and total volume: one line
+  // per series; an image whose figures come from a corrected mask is a vermillion square.
+  function ticks(top, logScale) {
+    if (logScale) {
+      const out = [0];
+      for (let v = 10; v <= top * 1.0001; v *= 10) out.push(v);
+      return out;
+    }
+    const step = Math.max(1, Math.ceil(top / 4));
+    const out = [];
+    for (let v = 0; v <= top; v += step) out.push(v);
+    return out;
+  }
+
+  function trajectoryPlot(key, caption, logScale) {
+    const sessions = DATA.sessions;
+    const W = Math.max(320, 80 * sessions.length + 80), H = 210, L = 52, R = 16, T = 10, B = 26;
+    const top = Math.max(1, ...DATA.series.flatMap((s) => s.points.map((i) => ROWS[i][key] || 0)));
+    const scale = logScale ? (v) => Math.log10(1 + v) / Math.log10(1 + top) : (v) => v / top;
+    const y = (v) => T + (H - T - B) * (1 - scale(v || 0));
+    const x = (ses) => L + (W - L - R) * (sessions.length > 1 ? sessions.indexOf(String(ses)) / (sessions.length - 1)
+                                                                 : 0.5);
+    const root = svg("svg", {width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": caption});
+    for (const v of ticks(top, logScale)) {
+      svg("line", {x1: L - 4, x2: W - R, y1: y(v), y2: y(v), class: "grid"}, root);
+      svg("text", {x: L - 7, y: y(v) + 4, "text-anchor": "end", class: "tick"}, root).textContent = String(v);
+    }
+    for (const ses of sessions) {
+      svg("text", {x: x(ses), y: H - 8, "text-anchor": "middle", class: "tick"}, root).textContent = "ses-" + ses;
+    }
+    for (const series of DATA.series) {
+      const points = series.points.map((i) => [x(ROWS[i].ses), y(ROWS[i][key]), i]);
+      if (points.length > 1) {
+        svg("polyline", {points: points.map(([px, py]) => `${px},${py}`).join(" "), class: "line"}, root);
+      }
+      for (const [px, py, i] of points) {
+        const row = ROWS[i], manual = row.ms === "manual";
+        const mark = manual ? svg("rect", {x: px - 4, y: py - 4, width: 8, height: 8, class: "manual"}, root)
+                            : svg("circle", {cx: px, cy: py, r: 3.5, class: "dot"}, root);
+        svg("title", {}, mark).textContent = `${series.label} ses-${row.ses}: ${fmt(row.n)} lesion(s), ` +
+          `${fmt(row.tot)} mm\u00b3${manual ? " (corrected mask)" : ""}`;
+        mark.addEventListener("click", () => openRow(i));
+      }
+    }
+    const figure = document.createElement("figure");
+    const text = document.createElement("figcaption");
+    text.textContent = caption;
+    figure.append(root, text);
+    return figure;
+  }
+
+  function renderTrajectories() {
+    const host = $("trajectories");
+    if (!DATA.series.length) { host.textContent = "No image has a session: nothing to follow."; return; }
+    host.replaceChildren(trajectoryPlot("n", "Lesion count per session", false),
+                         trajectoryPlot("tot", "Total lesion volume per session (mm\u00b3, log scale)", true));
   }
 
   // ---------------------------------------------------------------------------------------- events
@@ -419,6 +516,7 @@
     fillSelect("f-task", "task");
     fillSelect("f-st", "st");
     fillSelect("f-rating", "rating");
+    fillSelect("f-ms", "ms");
     $("filters").addEventListener("input", () => refresh());
     // "reset" fires before the fields are cleared: refresh once they are, keeping the selected image.
     $("filters").addEventListener("reset", () => setTimeout(() => refresh(view[cursor]), 0));
@@ -441,11 +539,12 @@
     document.addEventListener("keydown", onKey);
     renderHead();
     renderPlot();
+    renderTrajectories();
     refresh();
     updateSummary();
   }
 
   init();
   // For automated checks (headless browser tests) and for users who want to script the page.
-  window.cordlesionQC = {ratingsTsv, failYaml, viewSize: () => view.length};
+  window.cordlesionQC = {ratingsTsv, failYaml, viewSize: () => view.length, openRow};
 })();
