@@ -114,6 +114,13 @@ def _add_lesion_options(p: argparse.ArgumentParser) -> None:
     les.add_argument("--drop-outside-cord", "--drop_outside_cord", action="store_true",
                      help="remove lesions with no voxel in the cord from the lesion masks and tables (SCT "
                      "issue #4946; recorded in the sidecars)")
+    les.add_argument("--corrections", type=Path, metavar="DIR",
+                     help="labels folder of corrected masks (manual_correction.py -path-out: "
+                     "<image stem>_lesion-manual / _seg-manual, or ..._label-lesion|SC_desc-manual_mask): "
+                     "an image's figures (lesion table, counts, QC, group and change tables) are measured "
+                     "on its corrected masks; the model's masks stay written; only read. A re-run "
+                     "recomputes only the figures of images whose corrected files are new or changed "
+                     "(no model re-run)")
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -162,8 +169,10 @@ def _run(args: argparse.Namespace) -> int:
     if level not in LEVELS:
         raise _Exit("unknown_level", f"unknown analysis level {level!r}: use one of {', '.join(LEVELS)}")
     bids_dir, output_dir = _check_dirs(args.bids_dir, args.output_dir)
+    corrections = _check_corrections(args.corrections)
     if level == "group":
-        return _group(output_dir, skip_validation=args.skip_bids_validator, bids_dir=bids_dir)
+        return _group(output_dir, skip_validation=args.skip_bids_validator, bids_dir=bids_dir,
+                      corrections=corrections)
     settings = _settings(args, bids_dir, output_dir)
     work = Path(tempfile.mkdtemp(prefix="cordlesion-")) if settings.work_dir is None else settings.work_dir
     saved = dict(os.environ)
@@ -180,10 +189,23 @@ def _run(args: argparse.Namespace) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _group(output_dir: Path, *, skip_validation: bool, bids_dir: Path | None = None) -> int:
+def _check_corrections(folder: Path | None) -> Path | None:
+    """``--corrections``: an existing folder (no dataset_description.json needed: manual_correction.py
+    writes none); only ever read."""
+    if folder is None:
+        return None
+    if not folder.is_dir():
+        raise _Exit("no_input", f"{folder}: --corrections is not a folder (the labels folder of corrected "
+                    "masks, manual_correction.py's -path-out)")
+    return folder.absolute()
+
+
+def _group(output_dir: Path, *, skip_validation: bool, bids_dir: Path | None = None,
+           corrections: Path | None = None) -> int:
     from .group import run_group
 
-    code = run_group(output_dir, bids_dir=bids_dir)  # bids_dir: the source images the change registers
+    # bids_dir: the source images the change registers; corrections: checked against the figures
+    code = run_group(output_dir, bids_dir=bids_dir, corrections=corrections)
     if not skip_validation:
         _validate_output(output_dir)
     return code
@@ -257,6 +279,7 @@ def _settings(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -> Set
         tta=args.tta, folds=flatten_folds(args.folds),
         crop=tasks.CROP_DEFAULT if args.crop is None else args.crop, ensemble=args.ensemble,
         cord=args.cord, drop_outside_cord=args.drop_outside_cord, precision=precision,
+        corrections=_check_corrections(args.corrections),
         overwrite=args.overwrite,
         dry_run=args.dry_run,
         skip_bids_validator=args.skip_bids_validator, mem=args.mem, image_timeout=args.image_timeout,

@@ -76,6 +76,10 @@ class Settings:
     drop_outside_cord: bool = False
     """``--drop-outside-cord``: lesions with no voxel in the cord are removed from the lesion masks and
     tables (SCT issue #4946; recorded in the sidecar's provenance)."""
+    corrections: Path | None = None
+    """``--corrections``: the labels folder of corrected masks the figures are measured on (only read;
+    what it holds for an image is part of the up-to-date state of that image's figures, not of its
+    model outputs)."""
     precision: str = "fp32"
     """The network precision the run uses (``fp32``, ``bf16``, ``fp16``): ``--precision`` resolved once by the
     CLI (:func:`resolve_run_precision`), so every worker and the up-to-date check see the same one."""
