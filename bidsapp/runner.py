@@ -20,7 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__, derivatives, guards, memory, pipelines, pool, tasks
+from . import __version__, derivatives, guards, memory, outcome, pipelines, pool, tasks
+from .corrections import Candidates
 from .errors import CordlesionError, InputImageError, failure_reason
 from .plan import Job
 from .settings import Settings
@@ -38,6 +39,11 @@ class WorkItem:
     up_to_date: bool = False
     budget: memory.MemoryBudget | None = None
     """The memory one worker may use (set by ``run_jobs``: the run's budget over the workers at once)."""
+    found: Candidates = outcome.NO_CANDIDATES
+    """The corrected files of the image in ``--corrections`` (hashed: its figures' up-to-date state)."""
+    refresh: bool = False
+    """The model's outputs are up to date but not the figures (a corrected file is new or changed): only
+    the figures are redone, on the written masks."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +53,7 @@ class JobResult:
     name: str
     source: str
     task: str
-    status: str  # "done", "failed" or "skipped"
+    status: str  # "done", "refreshed" (figures only), "failed" or "skipped"
     seconds: float = 0.0
     message: str = ""
     log: str = ""
@@ -110,10 +116,13 @@ def prepare(jobs: Sequence[Job], settings: Settings, located: Mapping[str, Any])
                 state = job_state(job, settings, models)
             except OSError:  # broken git-annex link, unreadable: the worker reports it with a hint
                 state = None
-        fresh = (state is not None
-                 and derivatives.is_up_to_date(settings.output_dir, job.outputs["mask_json"], state)
-                 and _has_qc_record(settings.output_dir, job))
-        items.append(WorkItem(job, models, state, up_to_date=fresh))
+        done = (state is not None
+                and derivatives.is_up_to_date(settings.output_dir, job.outputs["mask_json"], state)
+                and _has_qc_record(settings.output_dir, job))
+        found = outcome.candidates(job, settings)
+        figures = done and outcome.figures_fresh(settings.output_dir, job, found)
+        items.append(WorkItem(job, models, state, up_to_date=figures, found=found,
+                              refresh=done and not figures))
     return items
 
 
@@ -159,10 +168,14 @@ def run_one(item: WorkItem, settings: Settings) -> JobResult:
     previous_level = root.level
     root.setLevel(min(previous_level, logging.INFO) if previous_level else logging.INFO)
     start = time.perf_counter()
-    status, message = "done", ""
+    status, message = ("refreshed" if item.refresh else "done"), ""
     try:
-        log.info("%s: task %s", job.source.path, job.task)
-        _process(item, settings, start)
+        log.info("%s: task %s%s", job.source.path, job.task, " (figures only)" if item.refresh else "")
+        if item.refresh:
+            check_source(job.source.path, job.source.relpath)
+            outcome.refresh(job, settings, item.models, item.found)
+        else:
+            _process(item, settings, start)
     except Exception as exc:  # isolation: one bad image must not stop the others
         status = "failed"
         # a sentence, never a foreign exception's text: the console gets the one FAILED line of the
@@ -170,7 +183,7 @@ def run_one(item: WorkItem, settings: Settings) -> JobResult:
         message = failure_reason(exc, job.source.path)
         capture.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s failed: %s\n%s",
                                       (job.name, message, traceback.format_exc()), None))
-        _write_qc(item, settings, start, error=message)
+        outcome.write_qc(settings, job, item.models, time.perf_counter() - start, error=message)
     finally:
         root.removeHandler(capture)
         root.setLevel(previous_level)
@@ -189,7 +202,6 @@ def run_options(settings: Settings) -> pipelines.RunOptions:
 
 def _process(item: WorkItem, settings: Settings, start: float) -> None:
     from .imaging import load_image
-    from .metrics import lesion_stats
 
     job = item.job
     spec = tasks.get(job.task)
@@ -198,42 +210,33 @@ def _process(item: WorkItem, settings: Settings, start: float) -> None:
     img = load_image(job.source.path)
     state = item.state if item.state is not None else job_state(job, settings, item.models)
     result = pipelines.segment(img, task=spec, models=item.models, options=run_options(settings))
-    result, table = _lesion_table(img, result, spec, item, settings)  # issue 17: cord, drop, lesion table
-    stats = lesion_stats(result.mask)  # once per image: the sidecar, the QC record and the log share it
-    provenance = _provenance(result, stats, state, time.perf_counter() - start)
-    if table is not None:  # before the mask sidecar, which is written last
-        provenance.update(table.provenance)
-        _write_lesion_table(settings, job, table)
-    images = {"mask": result.mask, "probseg": result.probseg, "cord": result.cord}
+    model = outcome.model_masks(job, settings, result.mask, _cord(img, result, spec, item, settings))
+    figures = outcome.measure_job(img, job, settings, model, item.found)  # the corrected masks', or these
+    provenance = _provenance(result, figures, state, time.perf_counter() - start)
+    if model.table is not None:  # what the written mask is (its drop); the table: before the mask sidecar
+        provenance.update(model.table.provenance)
+    provenance.update(outcome.figure_provenance(figures, item.found))
+    outcome.write_table(settings, job, figures)
+    images = {"mask": model.mask, "probseg": result.probseg, "cord": model.cord}
     derivatives.write_segmentation(settings.output_dir, job.outputs, images, derivatives.SidecarInfo(
         source_uri=f"bids:raw:{job.source.relpath}", description=spec.description, mask_type=spec.mask_type,
         provenance=provenance))
-    _write_qc(item, settings, start, result=(img, result, stats))
-    log.info("%s: %d lesion(s), %.1f mm3", job.name, stats.count, stats.total_mm3)
+    outcome.write_qc(settings, job, item.models, time.perf_counter() - start, shown=(img, figures))
+    log.info("%s: %d lesion(s), %.1f mm3%s", job.name, figures.stats.count, figures.stats.total_mm3,
+             " (corrected mask)" if figures.manual else "")
 
 
-def _lesion_table(img: Any, result: pipelines.SegmentationResult, spec: tasks.Task, item: WorkItem,
-                  settings: Settings) -> tuple[pipelines.SegmentationResult, Any]:
-    """A lesion task's extra outputs (issue 17): its cord mask (spinalcord, SCT's rules, when the task did
-    not make one; none with ``--no-cord`` unless the task's own crop made it), ``--drop-outside-cord`` on
-    its mask, and its per-lesion table measured against the cord. Other tasks pass through."""
+def _cord(img: Any, result: pipelines.SegmentationResult, spec: tasks.Task, item: WorkItem,
+          settings: Settings) -> Any:
+    """A lesion task's cord mask (issue 17; spinalcord, SCT's rules, when the task did not make one; none
+    with ``--no-cord`` unless the task's own crop made it); other tasks: the cord they used."""
     if not spec.lesion_table:
-        return result, None
-    from .analysis.participant import lesion_outputs
-
+        return result.cord
     cord = result.cord
     if settings.cord and cord is None and spec.writes_cord:
         options = dataclasses.replace(run_options(settings), tta=False, folds=None, ensemble=None, crop=False)
         cord = pipelines.segment(img, task=tasks.CORD_MODEL, models=item.models, options=options).mask
-    written = cord if settings.cord or tasks.CORD_MODEL in spec.models else None
-    table = lesion_outputs(result.mask, cord if settings.cord else None,
-                           drop_outside_cord=settings.drop_outside_cord)
-    return dataclasses.replace(result, mask=table.mask, cord=written), table
-
-
-def _write_lesion_table(settings: Settings, job: Job, table: Any) -> None:
-    derivatives.atomic_write_bytes(settings.output_dir / job.names.lesions_tsv, table.table.encode("utf-8"))
-    derivatives.atomic_write_json(settings.output_dir / job.names.lesions_json, table.dictionary)
+    return cord if settings.cord or tasks.CORD_MODEL in spec.models else None
 
 
 def _guard(item: WorkItem, settings: Settings) -> None:
@@ -247,10 +250,11 @@ def _guard(item: WorkItem, settings: Settings) -> None:
              memory.format_bytes(estimate.total_bytes), estimate.model, "x".join(map(str, estimate.grid)))
 
 
-def _provenance(result: pipelines.SegmentationResult, stats: Any, state: Mapping[str, Any],
+def _provenance(result: pipelines.SegmentationResult, figures: outcome.Figures, state: Mapping[str, Any],
                 seconds: float) -> dict[str, Any]:
     """The sidecar's ``Provenance``: run-level facts, the pipeline's own (``Pipeline``) and what the
     outputs depend on (``State``: input, task, models, parameters); each fact once."""
+    stats = figures.stats
     return {
         "Software": derivatives.APP_NAME,
         "Version": __version__,
@@ -267,32 +271,6 @@ def _has_qc_record(output_dir: Path, job: Job) -> bool:
     """The QC record is written after the mask sidecar: a run killed in between left the image without
     one, so it is not up to date (its re-run rewrites identical outputs and adds the record)."""
     return (Path(output_dir) / job.names.qc_record).is_file()
-
-
-def _write_qc(item: WorkItem, settings: Settings, start: float, *, result: tuple | None = None,
-              error: str | None = None) -> None:
-    """Per-image QC call site (pictures + record under ``figures/``), owned by the QC module.
-
-    Called on success (``result``: the image, its SegmentationResult, its lesion stats) and on failure
-    (``error``): every image gets a record. Writing the record of a failed image must not raise (the
-    failure is already being reported).
-    """
-    from .qc import QcJob, write_image_qc
-
-    job = item.job
-    model = item.models.get(tasks.get(job.task).main_model)
-    qc_job = QcJob(source_relpath=job.source.relpath, task=job.task,
-                   model_release=getattr(model, "release", None), demo=bool(getattr(model, "demo", False)),
-                   runtime_s=time.perf_counter() - start,
-                   outputs=job.outputs)
-    if error is None and result is not None:
-        img, seg, stats = result
-        write_image_qc(settings.output_dir, qc_job, image=img, mask=seg.mask, cord=seg.cord, stats=stats)
-        return
-    try:
-        write_image_qc(settings.output_dir, qc_job, error=error)
-    except Exception as exc:  # the image's own failure is what gets reported
-        log.warning("%s: QC record of the failure not written (%s)", job.name, exc)
 
 
 def _write_log(settings: Settings, job: Job, text: str) -> None:
@@ -359,7 +337,7 @@ def _lost(item: WorkItem, why: str, settings: Settings) -> JobResult:
                    f"memory?); the other images went on; refuse such images up front with --mem, or use "
                    f"fewer --nprocs")
     _write_log(settings, item.job, f"FAILED {message}\n")
-    _write_qc(item, settings, time.perf_counter(), error=message)
+    outcome.write_qc(settings, item.job, item.models, 0.0, error=message)
     return JobResult(item.job.name, item.job.source.relpath, item.job.task, "failed", message=message,
                      log=item.job.log)
 

@@ -117,7 +117,11 @@ def test_sidecars_and_dataset_description(participant_run, phantom_bids):
     assert list(state["Models"]) == ["spinalcord", "lesion_ms_mp2rage"]
     # each fact once: the pipeline block holds only what the state does not
     assert set(prov) == {"Software", "Version", "RunTimeSeconds", "LesionCount", "LesionVolumeMm3", "Date",
-                         "Pipeline", "State", "Outputs", "LesionTable"}  # LesionTable: issue 17
+                         "Pipeline", "State", "Outputs", "LesionTable",  # LesionTable: issue 17
+                         "MaskSource", "FiguresState"}  # what the figures were measured on: issue 24
+    assert prov["MaskSource"] == {"mask": {"source": "model"}, "cord": {"source": "model"}, "refused": [],
+                                  "notes": []}
+    assert prov["FiguresState"] == {"Version": 1, "Corrections": {}}
     assert set(prov["Pipeline"]) == {"engine", "device", "folds", "threshold", "model_paths", "crop"}
     assert prov["Pipeline"]["folds"] == {"spinalcord": [0], "lesion_ms_mp2rage": [3]}  # SCT ships fold 3
     assert len(prov["Pipeline"]["crop"]["box_voxels"]) == 3
