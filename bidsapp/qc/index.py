@@ -142,7 +142,7 @@ def render_index(output_dir: Path, entries: Sequence[Entry], *, study: str,
     sessions, series = trajectories(rows)
     data = {"study": study, "page_size": PAGE_SIZE, "n_subjects": n_subjects, "n_failed": n_failed,
             "rows": rows, "sessions": sessions, "series": series, "paths": dict(paths or {})}
-    js, css = _asset("index.js"), _asset("index.css")
+    js, css = _asset("plots.js") + "\n" + _asset("index.js"), _asset("index.css")
     if "</" in js or "</" in css:  # our own files: a closing tag would end the inline block
         raise ValueError("index.js / index.css must not contain '</'")
     return _environment().get_template("index.html.j2").render(
