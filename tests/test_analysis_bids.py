@@ -61,7 +61,7 @@ def test_each_lesion_table_is_the_analysis_of_the_written_masks(run, suffix):
         _, _, names = _names(suffix, ses)
         mask, cord = nib.load(out / names.mask), nib.load(out / names.cord)  # the cord is written
         assert np.asanyarray(cord.dataobj).any()
-        sources = {"mask_source": "model", "cord_source": "model"}          # issue 24: what it was measured on
+        sources = {"mask_source": "model", "cord_source": "model"}  # issue 24: what it was measured on
         assert (out / names.lesions_tsv).read_text() == lesion_tsv(analyze_lesions(mask, cord), sources)
         assert set(json.loads((out / names.lesions_json).read_text())) >= {"lesion_id", "volume_mm3"}
         block = json.loads((out / names.mask_json).read_text())["Provenance"]["LesionTable"]
