@@ -52,10 +52,13 @@ def figures_fresh(output_dir: Path, job: Job, found: Candidates) -> bool:
 
 def model_masks(job: Job, settings: Settings, mask: nib.Nifti1Image,
                 cord: nib.Nifti1Image | None) -> ModelMasks:
-    """The model's masks and, for a lesion task, its table (``--drop-outside-cord`` with the model's cord):
-    the table's ``mask`` is the lesion mask to write."""
-    if not tasks.get(job.task).lesion_table:
+    """The model's masks to write and, for a lesion task, its table (``--drop-outside-cord`` with the
+    model's cord): the table's ``mask`` is the lesion mask to write; its cord, written unless
+    ``--no-cord`` (then only the cord a task's own crop box came from)."""
+    spec = tasks.get(job.task)
+    if not spec.lesion_table:
         return ModelMasks(mask, cord)
+    cord = cord if settings.cord or tasks.CORD_MODEL in spec.models else None
     table = model_table(mask, cord if settings.cord else None, drop_outside_cord=settings.drop_outside_cord)
     return ModelMasks(table.mask, cord, table)
 

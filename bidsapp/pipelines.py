@@ -77,6 +77,10 @@ class RunOptions:
     precision: str = "auto"
     """Network precision (``auto``, ``fp32``, ``bf16``, ``fp16``: ``engine.precision.resolve_precision``);
     the command lines pass the one they resolved."""
+    cord: bool = False
+    """Tasks that write their cord mask (``Task.writes_cord``: the lesion tasks) also return it when their
+    own pass made none: ``spinalcord`` run as ``sct_deepseg spinalcord`` runs it (the BIDS run's
+    ``--cord``)."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,50 @@ class SegmentationResult:
 
 
 # ---- models -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelPlan:
+    """Which models a task runs under a run's options: the one rule (``Task.models_run``) every caller
+    asks (the runner's locating and up-to-date state, ``bidsapp.segment``, :func:`segment`)."""
+
+    task: tuple[str, ...]
+    """The task's own pass, in order (``spinalcord`` first when the task runs on a box around the cord)."""
+    names: tuple[str, ...]
+    """Every model run: the task's, and ``spinalcord`` first when only the cord mask needs it
+    (``RunOptions.cord``)."""
+
+
+def models_for(task: str | Task, options: RunOptions) -> ModelPlan:
+    """The models ``task`` runs under ``options`` (its crop, its cord mask)."""
+    spec = tasks.get(task)
+    return ModelPlan(spec.models_run(options.crop), spec.models_run(options.crop, cord=options.cord))
+
+
+def locate(task: str | Task, options: RunOptions, models: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every model of :func:`models_for`: as ``models`` gives it (a LocatedModel or a folder), else located
+    and verified (``bidsapp.models.locate``; raises ModelError / NoModelsError)."""
+    from . import models as registry
+
+    given = models or {}
+    return {name: given.get(name) or registry.locate(name, models_dir=options.models_dir, demo=options.demo)
+            for name in models_for(task, options).names}
+
+
+def locate_and_guard(path: Path, task: str | Task, options: RunOptions, *,
+                     models: Mapping[str, Any] | None = None, budget: Any = None,
+                     allow_unusual: bool = False) -> tuple[dict[str, Any], Any]:
+    """Before any voxel of the image at ``path`` is read: its models (:func:`locate`) and its header
+    checked against them (plausible geometry, a grid on every model, the memory estimate within
+    ``budget``: ``guards.check_image``). Returns (the located models, the memory estimate); raises
+    InputImageError (refused image), ModelError. The BIDS runner's workers and ``bidsapp.segment`` both."""
+    from . import guards
+    from .imaging import read_header
+
+    located = locate(task, options, models)
+    estimate = guards.check_image(path, read_header(path), guards.task_plans(located, options.folds),
+                                  budget=budget, allow_unusual=allow_unusual)
+    return located, estimate
+
+
 def _resolve(name: str, models: Mapping[str, Any] | None, options: RunOptions) -> ModelRef:
     """The model ``name`` as given in ``models`` (a LocatedModel or a plain folder), else located."""
     if models and name in models:
@@ -355,10 +403,13 @@ def segment(img: nib.Nifti1Image, *, task: str | Task, models: Mapping[str, Any]
 
     ``task``: a task name or alias, or a :class:`~bidsapp.tasks.Task` (benches pass rows with other
     margins); ``models``: model name -> LocatedModel or folder (the others are located); ``options``:
-    device, TTA, folds, crop, ensembling, where models are.
+    device, TTA, folds, crop, ensembling, where models are, the cord mask (``cord``: it is ``result.cord``
+    whether the task's box needed it or not).
     """
     spec = tasks.get(task)
-    located = {name: _resolve(name, models, options) for name in spec.models_run(options.crop)}
+    plan = models_for(spec, options)
+    every = {name: _resolve(name, models, options) for name in plan.names}
+    located = {name: every[name] for name in plan.task}  # the task's own pass: its provenance
     device = resolve_device(options.device)
     run = _Run(str(device), options.folds, bool(options.tta), options.ensemble or spec.ensemble,
                resolve_precision(options.precision, device))
@@ -366,6 +417,8 @@ def segment(img: nib.Nifti1Image, *, task: str | Task, models: Mapping[str, Any]
         return _segment_legacy(img, spec, located, run)
     around, out = _segment_nnunet(img, spec, located, run, options, models)
     cord = around.cord.mask if around is not None and around.cord is not None else None
+    if cord is None and options.cord and spec.writes_cord:  # the cord mask alone: SCT's spinalcord
+        cord = _cord(img, every, run).mask
     folds = {spec.main_model: out.folds}
     if around is not None and around.cord is not None and around.cord.folds:
         folds = {tasks.CORD_MODEL: around.cord.folds, **folds}

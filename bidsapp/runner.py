@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__, derivatives, guards, memory, outcome, pipelines, pool, tasks
+from . import __version__, derivatives, memory, outcome, pipelines, pool, tasks
 from .corrections import Candidates
 from .errors import CordlesionError, InputImageError, failure_reason
 from .plan import Job
@@ -80,12 +80,12 @@ class RunSummary:
 
 # --------------------------------------------------------------------------------------- preparation
 def locate_models(task_names: Sequence[str], settings: Settings) -> dict[str, Any]:
-    """``task -> LocatedModel`` for every model the tasks need (raises NoModelsError / ModelError)."""
-    from . import models
-
-    needed = dict.fromkeys(m for task in task_names
-                           for m in tasks.get(task).models_run(settings.crop, cord=settings.cord))
-    return {name: models.locate(name, models_dir=settings.models_dir, demo=settings.demo) for name in needed}
+    """``model -> LocatedModel`` for every model the tasks need, each located once (raises NoModelsError /
+    ModelError: the run stops before any image)."""
+    options, located = run_options(settings), {}
+    for task in task_names:
+        located.update(pipelines.locate(task, options, located))
+    return located
 
 
 def model_identity(located: Any) -> dict[str, Any]:
@@ -106,10 +106,9 @@ def prepare(jobs: Sequence[Job], settings: Settings, located: Mapping[str, Any])
     Inputs are hashed here only when a previous mask sidecar exists (otherwise the job runs anyway and
     its worker hashes the input), so a first run over a big dataset does not read every image twice.
     """
-    items = []
+    items, options = [], run_options(settings)
     for job in jobs:
-        models = {name: located[name]
-                  for name in tasks.get(job.task).models_run(settings.crop, cord=settings.cord)}
+        models = {name: located[name] for name in pipelines.models_for(job.task, options).names}
         state = None
         if not settings.overwrite and (settings.output_dir / job.outputs["mask_json"]).is_file():
             try:
@@ -197,7 +196,7 @@ def run_options(settings: Settings) -> pipelines.RunOptions:
     return pipelines.RunOptions(device=settings.device, tta=settings.tta, folds=settings.folds,
                                 crop=settings.crop, ensemble=settings.ensemble,
                                 models_dir=settings.models_dir, demo=settings.demo,
-                                precision=settings.precision)
+                                precision=settings.precision, cord=settings.cord)
 
 
 def _process(item: WorkItem, settings: Settings, start: float) -> None:
@@ -210,7 +209,7 @@ def _process(item: WorkItem, settings: Settings, start: float) -> None:
     img = load_image(job.source.path)
     state = item.state if item.state is not None else job_state(job, settings, item.models)
     result = pipelines.segment(img, task=spec, models=item.models, options=run_options(settings))
-    model = outcome.model_masks(job, settings, result.mask, _cord(img, result, spec, item, settings))
+    model = outcome.model_masks(job, settings, result.mask, result.cord)
     figures = outcome.measure_job(img, job, settings, model, item.found)  # the corrected masks', or these
     provenance = _provenance(result, figures, state, time.perf_counter() - start)
     if model.table is not None:  # what the written mask is (its drop); the table: before the mask sidecar
@@ -226,26 +225,12 @@ def _process(item: WorkItem, settings: Settings, start: float) -> None:
              " (corrected mask)" if figures.manual else "")
 
 
-def _cord(img: Any, result: pipelines.SegmentationResult, spec: tasks.Task, item: WorkItem,
-          settings: Settings) -> Any:
-    """A lesion task's cord mask (issue 17; spinalcord, SCT's rules, when the task did not make one; none
-    with ``--no-cord`` unless the task's own crop made it); other tasks: the cord they used."""
-    if not spec.lesion_table:
-        return result.cord
-    cord = result.cord
-    if settings.cord and cord is None and spec.writes_cord:
-        options = dataclasses.replace(run_options(settings), tta=False, folds=None, ensemble=None, crop=False)
-        cord = pipelines.segment(img, task=tasks.CORD_MODEL, models=item.models, options=options).mask
-    return cord if settings.cord or tasks.CORD_MODEL in spec.models else None
-
-
 def _guard(item: WorkItem, settings: Settings) -> None:
     """Before any voxel is read: a plausible header, a grid on every model, memory within the budget."""
-    from .imaging import read_header
-
     path = item.job.source.path
-    estimate = guards.check_image(path, read_header(path), guards.task_plans(item.models, settings.folds),
-                                  budget=item.budget, allow_unusual=settings.allow_unusual_geometry)
+    _, estimate = pipelines.locate_and_guard(path, item.job.task, run_options(settings),
+                                             models=item.models, budget=item.budget,
+                                             allow_unusual=settings.allow_unusual_geometry)
     log.info("%s: memory estimate %s (peak at the %s model's grid %s)", path,
              memory.format_bytes(estimate.total_bytes), estimate.model, "x".join(map(str, estimate.grid)))
 

@@ -25,7 +25,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import guards, memory, tasks
+from . import memory, tasks
 from .argtypes import Parser, flatten_folds, folds, mem_arg
 from .derivatives import nifti_stem
 from .engine.precision import PRECISIONS
@@ -173,12 +173,12 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    task, models = args.task_name, _guard(args)
-    img = load_image(args.input)
     options = pipelines.RunOptions(device=args.device, tta=args.tta, folds=flatten_folds(args.folds),
                                    crop=args.crop, ensemble=args.ensemble, models_dir=args.models_dir,
                                    demo=args.demo,
                                    precision=resolve_run_precision(args.precision, args.device))
+    task, models = args.task_name, _guard(args, options)
+    img = load_image(args.input)
     result = pipelines.segment(img, task=task, models=models, options=options)
     atomic_save_nifti(result.mask, args.output)
     if args.soft is not None and result.probseg is not None:
@@ -192,19 +192,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _guard(args: argparse.Namespace) -> dict:
+def _guard(args: argparse.Namespace, options) -> dict:
     """The BIDS App's header guards before any voxel is read (docs/RELIABILITY.md, section 8): plausible
-    geometry, a grid on every model, memory within ``--mem`` (or the machine's). Returns the task's
-    located models (handed to the pipeline, so they are located and checked once)."""
-    from .imaging import read_header
-    from .models import locate
+    geometry, a grid on every model, memory within ``--mem`` (or the machine's), the runner's own helper.
+    Returns the task's located models (handed to the pipeline, so they are located and checked once)."""
+    from .pipelines import locate_and_guard
 
-    given = args.models or {}
-    located = {name: given.get(name) or locate(name, models_dir=args.models_dir, demo=args.demo)
-               for name in tasks.get(args.task_name).models_run(args.crop)}
-    plans = guards.task_plans(located, flatten_folds(args.folds))
-    guards.check_image(args.input, read_header(args.input), plans, budget=memory.memory_budget(args.mem, 1),
-                       allow_unusual=args.allow_unusual_geometry)
+    located, _ = locate_and_guard(args.input, args.task_name, options, models=args.models,
+                                  budget=memory.memory_budget(args.mem, 1),
+                                  allow_unusual=args.allow_unusual_geometry)
     return located
 
 
