@@ -156,7 +156,7 @@ class SegmentationResult:
 
 # ---- models -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class ModelPlan:
+class TaskModels:
     """Which models a task runs under a run's options: the one rule (``Task.models_run``) every caller
     asks (the runner's locating and up-to-date state, ``bidsapp.segment``, :func:`segment`)."""
 
@@ -167,10 +167,10 @@ class ModelPlan:
     (``RunOptions.cord``)."""
 
 
-def models_for(task: str | Task, options: RunOptions) -> ModelPlan:
+def models_for(task: str | Task, options: RunOptions) -> TaskModels:
     """The models ``task`` runs under ``options`` (its crop, its cord mask)."""
     spec = tasks.get(task)
-    return ModelPlan(spec.models_run(options.crop), spec.models_run(options.crop, cord=options.cord))
+    return TaskModels(spec.models_run(options.crop), spec.models_run(options.crop, cord=options.cord))
 
 
 def locate(task: str | Task, options: RunOptions, models: Mapping[str, Any] | None = None) -> dict[str, Any]:
