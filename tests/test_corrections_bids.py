@@ -244,3 +244,32 @@ def test_a_bad_corrected_mask_leaves_the_model_figures_with_the_reason(loop, tmp
     # the corrected T2w masks were removed from this run's folder: their figures go back to the model's
     rows = read_tsv((out / _names(T2W.format(s="M0")).lesions_tsv).read_text())
     assert {r["mask_source"] for r in rows} <= {"model"}
+
+
+def test_the_group_level_names_corrections_the_participant_level_has_not_seen(loop, tmp_path, caplog):
+    """A corrected file edited after the participant level: the group level says which image to redo, and
+    its session pair is not computed on figures that no longer match (the other pair still is)."""
+    import nibabel as nib
+    import numpy as np
+
+    bids, out0, labels0, fixed0, _, _ = loop
+    out, labels = tmp_path / "cordlesion", tmp_path / "labels"
+    shutil.copytree(out0, out)
+    shutil.copytree(labels0, labels)
+    m12 = T2W.format(s="M12")
+    edited = labels / fixed0[m12].relative_to(labels0)
+    img = nib.load(edited)
+    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine, img.header), edited)
+    # the records name the files the figures were measured on: point them at this copy of the folder
+    for path in out.glob("sub-*/figures/*_qc.json"):
+        path.write_text(path.read_text().replace(str(labels0), str(labels)))
+    caplog.clear()
+    assert _run(bids, out, "group", "--corrections", str(labels)) == 0
+    warning = (f"1 image(s) have corrected masks in {labels} that their figures were not measured on (new, "
+               "changed or removed since the participant level): re-run the participant level with "
+               f"--corrections {labels} (it redoes their figures only, no model): {m12} (lesion_ms)")
+    assert warning in caplog.text
+    counts = {r["contrast"]: r for r in read_tsv((out / COUNTS_PATH).read_text())}
+    assert counts["T2w"]["error"] == (f"{edited}: corrected lesion mask changed or missing since the "
+                                      "participant level: re-run the participant level with --corrections")
+    assert counts["T2starw"]["error"] == "n/a"
