@@ -12,11 +12,14 @@ a green CI means the real component ran, never that its test vanished.
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+from pathlib import Path
 from typing import NoReturn
 
 import pytest
 
-__all__ = ["missing", "strict"]
+__all__ = ["executable", "missing", "strict"]
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -35,3 +38,12 @@ def missing(component: str, reason: str, *, asked_env: str | None = None) -> NoR
     if strict(asked_env):
         pytest.fail(f"required component missing (CI or an explicitly asked suite): {message}", pytrace=False)
     pytest.skip(message)
+
+
+def executable(name: str) -> Path | None:
+    """Where the command ``name`` is: next to this Python first (the venv's own tools: bosh, hadolint,
+    bids-validator-deno, as bidsapp.validation finds the validator), then ``PATH``; None if nowhere.
+    So a test sees exactly what a run would, and hiding a tool from both hides it from the test."""
+    folders = [str(Path(sys.executable).parent), *os.environ.get("PATH", "").split(os.pathsep)]
+    found = shutil.which(name, path=os.pathsep.join(f for f in folders if f))
+    return Path(found) if found else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,10 +11,28 @@ import pytest
 
 from bidsapp.demo.dataset import write_dataset
 from bidsapp.demo.phantom import Phantom, make_phantom
+from bidsapp.validation import ValidatorUnavailableError, find_validator
+from tests.components import missing
 
 #: seed of the shared phantom dataset; the demo models were trained on other seeds
 #: (bidsapp/models/demo/*/demo_training.json lists them)
 PHANTOM_BIDS_SEED = 20261124
+
+
+@pytest.fixture(scope="session")
+def bids_validator() -> Path:
+    """bids-validator-deno, found as a run finds it and started once (``--version``): tests that validate
+    ask for it, so a missing or broken validator is named (skip for a user, fail under CI) instead of
+    showing up as some run's exit code."""
+    try:
+        exe = find_validator()
+        proc = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=120)
+    except (ValidatorUnavailableError, OSError, subprocess.TimeoutExpired) as exc:
+        missing("bids-validator-deno", f"cannot start: {exc} (requirements.txt)")
+    if proc.returncode != 0:
+        missing("bids-validator-deno",
+                f"{exe} --version exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+    return Path(exe)
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +61,8 @@ def phantom_factory() -> Callable[..., Phantom]:
 
 
 @pytest.fixture(scope="session")
-def participant_run(phantom_bids: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def participant_run(bids_validator: Path, phantom_bids: Path,
+                    tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The participant level run ONCE on ``phantom_bids`` with the demo models (2 worker processes,
     input validation on, HOME unusable). Returns the output_dir; READ-ONLY: copy before modifying.
     Its exit code was 0 (the fixture fails otherwise)."""

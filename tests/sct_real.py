@@ -41,9 +41,10 @@ TRAINER_CLASS_PY = ("def get_trainer_class():\n"
 
 
 def peer_folder() -> Path | None:
-    """The SCT 7.3 peer folder (``install.sh``, ``run_sct.sh``), or None where there is none."""
-    candidates = [os.environ.get("CORDLESION_SCT_PEER"), REPO.parent / "shared" / "peers" / "sct",
-                  "/work/shared/peers/sct"]
+    """The SCT 7.3 peer folder (``install.sh``, ``run_sct.sh``), or None where there is none.
+    ``$CORDLESION_SCT_PEER``, where set, is the only place looked at (an empty folder hides the peer)."""
+    chosen = os.environ.get("CORDLESION_SCT_PEER")
+    candidates = [chosen] if chosen else [REPO.parent / "shared" / "peers" / "sct", "/work/shared/peers/sct"]
     for c in candidates:
         if c and (Path(c) / "run_sct.sh").is_file() and (Path(c) / "install.sh").is_file():
             return Path(c)

@@ -48,7 +48,7 @@ def _names(suffix: str, ses: str):
     return source.format(s=ses), task, image_names(source.format(s=ses), task)
 
 
-def test_outputs_are_valid_bids(run):
+def test_outputs_are_valid_bids(bids_validator, run):
     _, out = run
     report = validate(out)
     assert report.n_errors == 0, report.summary()

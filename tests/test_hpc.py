@@ -245,7 +245,8 @@ def hpc_bids(hpc_truth: dict[Path, nib.Nifti1Image]) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_four_array_tasks_at_once_then_group_in_a_locked_down_environment(hpc_bids, hpc_truth, tmp_path):
+def test_four_array_tasks_at_once_then_group_in_a_locked_down_environment(bids_validator, hpc_bids, hpc_truth,
+                                                                           tmp_path):
     out, scratch, cwd = tmp_path / "derivatives" / "cordlesion", tmp_path / "scratch", tmp_path / "cwd"
     scratch.mkdir()
     cwd.mkdir()

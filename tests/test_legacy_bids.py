@@ -32,7 +32,7 @@ def legacy_run(tmp_path_factory):
     return bids, out, images
 
 
-def test_two_models_on_one_image_have_distinct_valid_names(legacy_run):
+def test_two_models_on_one_image_have_distinct_valid_names(bids_validator, legacy_run):
     _, out, _ = legacy_run
     anat = out / "sub-02" / "anat"
     masks = sorted(p.name for p in anat.glob("*_mask.nii.gz"))

@@ -8,7 +8,6 @@ import hashlib
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -26,8 +25,6 @@ from bidsapp.demo.phantom import (
     make_anatomy,
     make_phantom,
 )
-
-VALIDATOR = Path(sys.executable).with_name("bids-validator-deno")
 
 
 def _digests(root: Path) -> dict[str, str]:
@@ -200,9 +197,9 @@ def test_dataset_layout(phantom_bids):
     assert sum(n > 0 for n in counts.values()) >= 8
 
 
-def test_bids_validator_zero_errors(phantom_bids):
+def test_bids_validator_zero_errors(bids_validator, phantom_bids):
     out = subprocess.run(
-        [str(VALIDATOR), "-r", "--format", "json", str(phantom_bids)],
+        [str(bids_validator), "-r", "--format", "json", str(phantom_bids)],
         capture_output=True,
         text=True,
         timeout=120,

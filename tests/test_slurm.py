@@ -1,8 +1,9 @@
 """hpc/submit.sh on a real one-node SLURM cluster (slurmctld + slurmd + munged on localhost).
 
 The cluster is started by the fixture in a temporary folder (its own config, munge key and ports; as
-root, as in CI), and stopped at the end; the test is skipped, with the reason, where slurm-wlm is not
-installed (`.ci/run` installs it) or a daemon cannot start. The run is the README's: `hpc/submit.sh
+root, as in CI), and stopped at the end. Where slurm-wlm or munge is not installed (`.ci/run` installs
+them) or a daemon cannot start, the tests skip with the reason on a user's machine and FAIL under CI
+(tests/components.py). The run is the README's: `hpc/submit.sh
 BIDS_DIR OUTPUT_DIR --demo`, without a container (CORDLESION_CMD), on small phantoms, one of them with a
 truncated image (which the BIDS validator does not see, so the dataset passes the one validation step
 and that participant fails in its own task).
@@ -26,6 +27,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 from containers_phantoms import write_small_bids
+
+from tests.components import executable, missing
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBMIT = ROOT / "hpc" / "submit.sh"
@@ -97,11 +100,11 @@ def _config(folder: Path, socket_dir: Path, host: str) -> str:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
-    missing = [d for d in DAEMONS if shutil.which(d) is None]
-    if missing:
-        pytest.skip(f"no SLURM here ({', '.join(missing)} not found): .ci/run installs slurm-wlm and munge")
+    absent = [d for d in DAEMONS if executable(d) is None]
+    if absent:
+        missing("slurm/munge", f"{', '.join(absent)} not found on PATH: .ci/run installs slurm-wlm and munge")
     if os.geteuid() != 0:
-        pytest.skip("the test cluster's slurmd runs jobs as root: run as root (as .ci/run does)")
+        missing("root", "the test cluster's slurmd runs jobs as root: run as root (as .ci/run does)")
     folder = tmp_path_factory.mktemp("slurm")
     # munged wants every folder above its socket searchable by all; pytest's tmp folders are 0700
     socket_dir = Path(tempfile.mkdtemp(prefix="cordlesion-munge-"))
@@ -135,7 +138,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
             state = cluster.run("sinfo", "-h", "-o", "%T").stdout.strip()
         if state not in ("idle", "mixed", "allocated"):
             log = (folder / "daemons.log").read_text()[-1500:]
-            pytest.skip(f"the one-node SLURM cluster did not start (node state {state!r}):\n{log}")
+            missing("slurm/munge", f"the one-node SLURM cluster did not start (node state {state!r}):\n{log}")
         yield cluster
     finally:
         for daemon in reversed(daemons):
@@ -184,7 +187,7 @@ def _dice(mask: Path, truth: nib.Nifti1Image) -> float:
     return float(2 * np.logical_and(a, b).sum() / (a.sum() + b.sum()))
 
 
-def test_submit_on_a_real_cluster_with_a_failing_participant(cluster, dataset, tmp_path):
+def test_submit_on_a_real_cluster_with_a_failing_participant(cluster, bids_validator, dataset, tmp_path):
     bids, truth = dataset
     out, jobs = tmp_path / "derivatives" / "cordlesion", tmp_path / "jobs"
     start = time.monotonic()
