@@ -5,6 +5,7 @@ import json
 import multiprocessing
 import os
 import stat
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -13,6 +14,7 @@ import pytest
 
 from bidsapp import __version__, derivatives
 from bidsapp.errors import OutputError
+from tests.unprivileged import run_unprivileged, shared_folder
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -130,17 +132,28 @@ def test_atomic_save_nifti_roundtrip(tmp_path):
     assert os.listdir(tmp_path) == ["m.nii.gz"]
 
 
-def test_unwritable_output_raises_output_error(tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
-    try:
-        if os.access(ro, os.W_OK):
-            pytest.skip("running as root: permissions are not enforced")
-        with pytest.raises(OutputError, match="ro/f.json: cannot write"):
-            derivatives.atomic_write_bytes(ro / "f.json", b"x")
-    finally:
-        ro.chmod(0o755)
+_WRITE_AS_USER = """
+import sys
+from pathlib import Path
+from bidsapp import derivatives
+try:
+    derivatives.atomic_write_bytes(Path(sys.argv[1]), b"x")
+except derivatives.OutputError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
+def test_unwritable_output_raises_output_error():
+    """As an unprivileged user (root writes anyway, and CI runs as root): one line naming the file."""
+    with shared_folder() as base:
+        ro = base / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        proc = run_unprivileged([sys.executable, "-c", _WRITE_AS_USER, ro / "f.json"], timeout=120)
+        assert proc.returncode == 3, proc.stderr[-2000:]
+        assert proc.stdout == f"{ro / 'f.json'}: cannot write (Permission denied)\n"
+        assert list(ro.iterdir()) == []  # no temporary file either
 
 
 def test_dataset_description(tmp_path, monkeypatch):

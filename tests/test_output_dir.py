@@ -4,11 +4,14 @@ indexer stays blind to derivatives/, so outputs written there are never taken fo
 from __future__ import annotations
 
 import shutil
+import sys
 
 import pytest
 from containers_phantoms import write_small_bids
+from reliability_data import RUN_PY
 
 from bidsapp import cli
+from tests.unprivileged import run_unprivileged, shared_folder
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +73,23 @@ def test_every_other_place_inside_the_dataset_is_refused(dataset, tmp_path, caps
 def test_a_folder_beside_the_dataset_is_accepted(dataset, tmp_path, capsys):
     code, stdout, _ = _dry_run(dataset, tmp_path / "bids-cordlesion", capsys)
     assert code == 0 and "1 job(s)" in stdout
+
+
+@pytest.mark.parametrize("case", ["existing, read-only", "to create, in a read-only folder"])
+def test_an_unwritable_output_dir_is_exit_73_as_an_unprivileged_user(case):
+    """run.py as an unprivileged user (root could write anyway, and CI runs as root): exit 73 and one line
+    naming output_dir, before anything is read or written."""
+    with shared_folder() as base:
+        bids = base / "bids"
+        write_small_bids(bids, 1, seed=3)
+        locked = base / "locked"
+        locked.mkdir()
+        out = locked if case.startswith("existing") else locked / "cordlesion"
+        locked.chmod(0o555)
+        proc = run_unprivileged([sys.executable, RUN_PY, bids, out, "participant", "--demo",
+                                 "--skip_bids_validator"], timeout=300)
+        assert proc.returncode == 73, proc.stderr[-2000:]
+        why = ("output_dir is not writable" if out == locked
+               else "cannot create output_dir (Permission denied)")
+        assert [line.split(" ", 2)[1:] for line in proc.stderr.splitlines()] == [["ERROR", f"{out}: {why}"]]
+        assert list(locked.iterdir()) == []
