@@ -32,6 +32,7 @@ from bidsapp import derivatives
 from bidsapp.engine.modelfolder import NnUNetModel, load_checkpoint
 from bidsapp.errors import ModelError
 from bidsapp.models import locate
+from tests.components import missing
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--demo", "--skip_bids_validator", "--nprocs", "1", "--omp-nthreads", "1"]
@@ -186,21 +187,104 @@ def test_no_network_at_run_time_in_process(hostile_run):
     assert len(list(out.glob("sub-*/anat/*_label-SC_*_mask.nii.gz"))) == 2
 
 
-def test_no_network_at_run_time_network_namespace(tiny, tmp_path):
-    """The real run.py, input validation (deno) on, in a network namespace without any interface."""
-    probe = subprocess.run(["unshare", "-rn", "true"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip("no user/network namespaces here: covered by test_no_network_at_run_time_in_process")
-    out = tmp_path / "out"
-    env = {**os.environ, **ENV_1THREAD}
-    base = ["unshare", "-rn", sys.executable, str(RUN_PY), str(tiny), str(out)]
-    part = subprocess.run([*base, "participant", "--demo", "--omp-nthreads", "1"], capture_output=True,
-                          text=True, env=env, timeout=300)
+# ---- every process of a run: an audit hook in each Python process, a network namespace around all ----------
+
+NETGUARD = Path(__file__).resolve().parent / "netguard"  # its sitecustomize.py: the guard (read it)
+WORKER_ARGV = "--multiprocessing-fork"  # a spawned worker's argv, until it takes the parent's
+#: the positive control: a worker opens an internet socket and, as a tolerant app would, swallows the error
+PROBE_SITECUSTOMIZE = f"""import runpy, socket, sys
+runpy.run_path({str(NETGUARD / "sitecustomize.py")!r})
+if {WORKER_ARGV!r} in sys.argv:
+    try:
+        socket.create_connection(("192.0.2.1", 80), timeout=2)  # TEST-NET-1: never a real host
+    except OSError:
+        pass
+"""
+
+
+def _netns() -> str:
+    """"" where ``unshare -rn`` (a network namespace without interfaces) works here, else why not."""
+    try:
+        probe = subprocess.run(["unshare", "-rn", "true"], capture_output=True, text=True, timeout=60)
+    except OSError as exc:
+        return str(exc)
+    return "" if probe.returncode == 0 else probe.stderr.strip()[-300:] or f"exit {probe.returncode}"
+
+
+def _guarded(args: list, log: Path, *, netns: bool, first: Path | None = None) -> subprocess.CompletedProcess:
+    """run.py ARGS with the guard in every Python process (``first``: a folder put before it on
+    PYTHONPATH), inside a network namespace when ``netns``."""
+    path = [str(f) for f in (first, NETGUARD, REPO) if f is not None]
+    env = {**os.environ, **ENV_1THREAD, "PYTHONPATH": os.pathsep.join(path),
+           "CORDLESION_NETGUARD_LOG": str(log)}
+    prefix = ["unshare", "-rn"] if netns else []
+    return subprocess.run([*prefix, sys.executable, str(RUN_PY), *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+def _guard_log(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def _assert_no_network(records: list[dict]) -> None:
+    """The check the run must pass: no process tried the network (blocked or not, swallowed or not)."""
+    blocked = [f"pid {r['pid']} {r['event']} {r['target']}" for r in records if r["kind"] == "blocked"]
+    assert blocked == [], f"network use at run time: {blocked}"
+
+
+def _workers(records: list[dict]) -> set[int]:
+    return {r["pid"] for r in records if r["kind"] == "start" and WORKER_ARGV in r["argv"]}
+
+
+def test_no_network_in_any_process_of_a_run(tiny, tmp_path):
+    """run.py participant with 2 spawned workers and input validation (bids-validator-deno, a subprocess),
+    then the group level with output validation: no process uses the network. Every Python process carries
+    the guard (tests/netguard); the whole run is in a network namespace, which no process, Python or not,
+    can leave. The positive control is the next test."""
+    why_no_netns = _netns()
+    out, log = tmp_path / "out", tmp_path / "net.jsonl"
+    part = _guarded([tiny, out, "participant", "--demo", "--nprocs", "2", "--omp-nthreads", "1"], log,
+                    netns=not why_no_netns)
     assert part.returncode == 0, part.stderr[-2000:]
-    group = subprocess.run([*base, "group"], capture_output=True, text=True, env=env, timeout=300)
+    assert "bids-validator-deno" in part.stderr
+    group = _guarded([tiny, out, "group"], log, netns=not why_no_netns)
     assert group.returncode == 0, group.stderr[-2000:]
     assert "bids-validator-deno 0 errors" in group.stderr
     assert (out / "qc" / "index.html").is_file()
+    records = _guard_log(log)
+    assert len(_workers(records)) == 2, "the guard did not reach both workers"
+    _assert_no_network(records)
+    if why_no_netns:  # the Python processes were checked; processes that are not Python were not
+        missing("network namespace", f"unshare -rn does not work here ({why_no_netns}): the validator "
+                "subprocess ran with the network")
+
+
+def test_the_network_guard_catches_a_worker_that_opens_a_socket(tiny, tmp_path):
+    """Positive control: a worker that opens an internet socket and swallows the error (the run still
+    succeeds) fails the check above; and a process that is not Python cannot get out of the namespace."""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "sitecustomize.py").write_text(PROBE_SITECUSTOMIZE)
+    why_no_netns = _netns()
+    log = tmp_path / "net.jsonl"
+    args = [tiny, tmp_path / "out", "participant", "--demo", "--skip_bids_validator", "--nprocs", "2",
+            "--omp-nthreads", "1"]
+    part = _guarded(args, log, netns=not why_no_netns, first=probe)
+    assert part.returncode == 0, part.stderr[-2000:]
+    records = _guard_log(log)
+    with pytest.raises(AssertionError, match="network use at run time"):
+        _assert_no_network(records)
+    blocked = {r["pid"]: r for r in records if r["kind"] == "blocked"}
+    assert set(blocked) == _workers(records) and len(blocked) == 2, records
+    assert all("192.0.2.1" in r["target"] for r in blocked.values()), blocked
+
+    with socket.create_server(("127.0.0.1", 0)) as server:  # reachable from here, not from the namespace
+        port = server.getsockname()[1]
+        dial = ["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"]
+        assert subprocess.run(dial, capture_output=True, timeout=60).returncode == 0
+        if why_no_netns:
+            missing("network namespace", f"unshare -rn does not work here ({why_no_netns})")
+        assert subprocess.run(["unshare", "-rn", *dial], capture_output=True, timeout=60).returncode != 0
 
 
 def test_html_escaping_in_qc_index(hostile_run):
