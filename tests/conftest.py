@@ -27,11 +27,12 @@ def bids_validator() -> Path:
     try:
         exe = find_validator()
         proc = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=120)
+        why = "" if proc.returncode == 0 else \
+            f"{exe} --version exited {proc.returncode}: {proc.stderr.strip()[-300:]}"
     except (ValidatorUnavailableError, OSError, subprocess.TimeoutExpired) as exc:
-        missing("bids-validator-deno", f"cannot start: {exc} (requirements.txt)")
-    if proc.returncode != 0:
-        missing("bids-validator-deno",
-                f"{exe} --version exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+        why = f"cannot start: {exc} (requirements.txt)"
+    if why:
+        missing("bids-validator-deno", why)
     return Path(exe)
 
 

@@ -229,20 +229,25 @@ def test_corrupt_image_among_good_ones(bids_validator, phantom_bids, tmp_path, c
     assert validate(out).n_errors == 0
 
 
-def test_real_bids_smoke(bids_validator, tmp_path):
-    """Real scans (read only, never written): every output on the exact input grid, output valid."""
+@pytest.fixture(scope="session")  # session: checked before the validator (a session fixture too)
+def real_bids() -> Path:
     if not (REAL_BIDS / "dataset_description.json").is_file():
         missing("real-bids data", f"no BIDS dataset at {REAL_BIDS} (../shared/data/real-bids beside the "
                 "clone, or CORDLESION_REAL_BIDS)")
-    before = _snapshot(REAL_BIDS)
+    return REAL_BIDS
+
+
+def test_real_bids_smoke(real_bids, bids_validator, tmp_path):
+    """Real scans (read only, never written): every output on the exact input grid, output valid."""
+    before = _snapshot(real_bids)
     out = tmp_path / "real"
-    assert main([str(REAL_BIDS), str(out), "participant", "--demo", "-w", str(tmp_path / "work"),
+    assert main([str(real_bids), str(out), "participant", "--demo", "-w", str(tmp_path / "work"),
                  "--nprocs", "2", "--omp-nthreads", "1"]) == 0
-    jobs = _jobs(REAL_BIDS)
+    jobs = _jobs(real_bids)
     assert len(jobs) == 4
-    _assert_outputs(out, REAL_BIDS, jobs)
+    _assert_outputs(out, real_bids, jobs)
     assert validate(out).n_errors == 0
-    assert _snapshot(REAL_BIDS) == before
+    assert _snapshot(real_bids) == before
 
 
 def test_two_tasks_on_one_image_write_distinct_files(phantom_bids, tmp_path):
