@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import nibabel as nib
-import numpy as np
 import pytest
+from containers_phantoms import DICE_MARGIN, assert_dice_floors, dice, write_small_bids
 
 from bidsapp.cli import build_parser
 from tests.components import executable, missing
@@ -18,6 +18,9 @@ from tests.components import executable, missing
 ROOT = Path(__file__).resolve().parent.parent
 DESCRIPTOR = ROOT / "boutiques" / "descriptor.json"
 INVOCATION = ROOT / "boutiques" / "invocation.json"
+#: the demo lesion model on the launch test's phantom (seed 77): measured Dice (Intel Xeon, AVX-512), less
+#: DICE_MARGIN
+DICE_FLOORS = {"sub-01": 0.672 - DICE_MARGIN}
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +116,6 @@ def test_output_and_work_dir_are_files_so_launch_mounts_them():
 def test_bosh_exec_launch_writes_the_outputs_where_asked(bosh, tmp_path):
     """`bosh exec launch` of the descriptor (on the host: --no-container, the command line pointed at this
     checkout's run.py) segments a phantom into the output_dir of the invocation, then the group level."""
-    from containers_phantoms import write_small_bids
-
     truth = write_small_bids(tmp_path / "bids", 1, seed=77)
     descriptor = json.loads(DESCRIPTOR.read_text())
     descriptor["command-line"] = descriptor["command-line"].replace(
@@ -132,8 +133,6 @@ def test_bosh_exec_launch_writes_the_outputs_where_asked(bosh, tmp_path):
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (source, lesion), = truth.items()
     mask = nib.load(out / "sub-01" / "anat" / "sub-01_label-lesion_desc-T2w_mask.nii.gz")
-    a, b = np.asanyarray(mask.dataobj) > 0, np.asanyarray(lesion.dataobj) > 0
-    dice = 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
-    assert dice > 0.25, dice
+    assert_dice_floors({"sub-01": dice(mask, lesion)}, DICE_FLOORS)
     assert (out / "group" / "lesions.tsv").read_text().count("\tok\t") == 1
     assert (out / "qc" / "index.html").is_file()

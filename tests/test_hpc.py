@@ -20,7 +20,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from containers_phantoms import write_small_bids
+from containers_phantoms import DICE_MARGIN, assert_dice_floors, dice, write_small_bids
 from scipy import ndimage
 
 from bidsapp.validation import validate
@@ -29,6 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 HPC = ROOT / "hpc"
 ARRAY, GROUP, SUBMIT = HPC / "cordlesion_array.sbatch", HPC / "cordlesion_group.sbatch", HPC / "submit.sh"
 VERSION = (ROOT / "version").read_text().strip()
+#: each task's mask is of its own participant and not flipped (4 different axis orders): it overlaps that
+#: phantom's lesions. The demo model on these 4 phantoms (seed 8080): measured Dice (Intel Xeon, AVX-512; the
+#: same to 2 decimals as this file's earlier measurement), less DICE_MARGIN
+DICE_FLOORS = {"sub-01": 0.253 - DICE_MARGIN, "sub-02": 0.502 - DICE_MARGIN, "sub-03": 0.626 - DICE_MARGIN,
+               "sub-04": 0.270 - DICE_MARGIN}
 
 
 def _list(bids: Path) -> subprocess.CompletedProcess:
@@ -274,8 +279,8 @@ def test_four_array_tasks_at_once_then_group_in_a_locked_down_environment(bids_v
 
     sources = sorted(hpc_bids.glob("sub-*/**/*_T2w.nii.gz"))
     assert len(sources) == 4
-    for source in sources:
-        _check_image_outputs(source, hpc_bids, out, hpc_truth[source])
+    assert_dice_floors({source.parts[-3]: _check_image_outputs(source, hpc_bids, out, hpc_truth[source])
+                        for source in sources}, DICE_FLOORS)
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"
     assert description["GeneratedBy"][0]["Name"] == "cordlesion"
@@ -299,7 +304,8 @@ def test_four_array_tasks_at_once_then_group_in_a_locked_down_environment(bids_v
     assert (out / "qc" / "index.html").is_file()
 
 
-def _check_image_outputs(source: Path, bids: Path, out: Path, truth: nib.Nifti1Image) -> None:
+def _check_image_outputs(source: Path, bids: Path, out: Path, truth: nib.Nifti1Image) -> float:
+    """Asserts the image's outputs; returns its lesion mask's Dice with the truth."""
     rel = source.relative_to(bids)
     stem = source.name[: -len("_T2w.nii.gz")]
     folder = out / rel.parent
@@ -309,11 +315,6 @@ def _check_image_outputs(source: Path, bids: Path, out: Path, truth: nib.Nifti1I
     data = np.asanyarray(mask.dataobj)
     assert mask.shape == src.shape and np.array_equal(mask.affine, src.affine), mask_path
     assert data.dtype == np.uint8 and set(np.unique(data)) <= {0, 1}, mask_path
-    # each task's mask is of its own participant and not flipped (4 different axis orders): it overlaps
-    # that phantom's lesions (demo model on these phantoms: Dice 0.25, 0.50, 0.63, 0.27)
-    true = np.asanyarray(truth.dataobj) > 0
-    dice = 2 * np.logical_and(data > 0, true).sum() / ((data > 0).sum() + true.sum())
-    assert dice > 0.1, f"{mask_path.name}: Dice {dice:.2f} with the phantom's lesions"
     sidecar = json.loads(mask_path.with_name(mask_path.name.replace(".nii.gz", ".json")).read_text())
     assert sidecar["Sources"] == [f"bids:raw:{rel.as_posix()}"]
     probseg_path = folder / f"{stem}_label-lesion_desc-T2w_probseg.nii.gz"
@@ -323,3 +324,4 @@ def _check_image_outputs(source: Path, bids: Path, out: Path, truth: nib.Nifti1I
         assert probseg.shape == src.shape and np.array_equal(probseg.affine, src.affine)
         assert float(p.min()) >= 0.0 and float(p.max()) <= 1.0
         json.loads(probseg_path.with_name(probseg_path.name.replace(".nii.gz", ".json")).read_text())
+    return dice(mask, truth)
