@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -13,6 +14,7 @@ import pytest
 from bidsapp import imaging
 from bidsapp.errors import InputImageError
 from bidsapp.imaging import like, load_image
+from tests.unprivileged import run_unprivileged, shared_folder
 
 OBLIQUE = np.array([[0.9, -0.3, 0.1, -20.0],
                     [0.3, 0.95, 0.0, 15.0],
@@ -188,14 +190,27 @@ def test_fifo_is_refused_without_blocking(tmp_path):
     _refused(src, "not a regular file")
 
 
-def test_permission_denied(tmp_path, monkeypatch):
-    # Tests run as root, so chmod cannot deny reading: fail the module's own open() instead.
-    src = _save(tmp_path / "p.nii.gz", _volume())
+_LOAD_AS_USER = """
+import sys
+from bidsapp.errors import InputImageError
+from bidsapp.imaging import load_image
+try:
+    load_image(sys.argv[1])
+except InputImageError as exc:
+    print(exc)
+    sys.exit(3)
+"""
 
-    def denied(*args, **kwargs):
-        raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(imaging, "open", denied, raising=False)
-    _refused(src, "permission denied")
+
+def test_permission_denied():
+    """A file its reader may not read, for real: as an unprivileged user (root reads anything, and CI runs
+    as root)."""
+    with shared_folder() as base:
+        src = _save(base / "p.nii.gz", _volume())
+        src.chmod(0o000)
+        proc = run_unprivileged([sys.executable, "-c", _LOAD_AS_USER, src], timeout=120)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert proc.stdout == f"{src}: permission denied (check the file's owner and mode)\n"
 
 
 def test_broken_symlink(tmp_path):

@@ -33,8 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SUBMIT = ROOT / "hpc" / "submit.sh"
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "sinfo")
 CORRUPT = "02"
-#: the demo lesion model on the 3 good phantoms (seed 4242), measured Dice: 0.34, 0.37, 0.58
-DICE_FLOORS = {"01": 0.25, "03": 0.25, "04": 0.25}
+#: the demo lesion model on the 3 good phantoms (seed 4242): measured Dice (Intel Xeon, AVX-512; the same to
+#: 2 decimals as this file's earlier measurement), less DICE_MARGIN
+DICE_FLOORS = {"01": 0.336 - DICE_MARGIN, "03": 0.373 - DICE_MARGIN, "04": 0.577 - DICE_MARGIN}
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
