@@ -10,9 +10,11 @@ files must be readable by that user: pytest's tmp folders are 0700, hence :func:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -30,14 +32,27 @@ def run_unprivileged(cmd: Sequence[object], *, timeout: float = 300,
                      env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``cmd`` as ``nobody`` when this process is root, as this user otherwise; this tree's ``bidsapp``
     first on PYTHONPATH, HOME unusable (a run must not need it). Text output captured."""
-    argv = [str(c) for c in cmd]
-    if os.geteuid() == 0:
-        setpriv = executable("setpriv")
-        if setpriv is None:
-            missing("setpriv", "not found (util-linux): needed to drop root for a permission test")
-        argv = [str(setpriv), f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv]
     full = {**os.environ, "PYTHONPATH": str(REPO), "HOME": "/nonexistent", **(env or {})}
+    argv = [*_drop_root(), *map(str, cmd)]
     return subprocess.run(argv, env=full, capture_output=True, text=True, timeout=timeout)
+
+
+@functools.lru_cache(maxsize=1)
+def _drop_root() -> tuple[str, ...]:
+    """The prefix that runs a command as ``nobody`` when this process is root (none otherwise), once checked:
+    ``nobody`` must be able to run this Python and import this checkout (not so under a 0700 /root)."""
+    if os.geteuid() != 0:
+        return ()
+    setpriv = executable("setpriv")
+    if setpriv is None:
+        missing("setpriv", "not found (util-linux): needed to drop root for a permission test")
+    prefix = (str(setpriv), f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
+    probe = subprocess.run([*prefix, sys.executable, "-c", "import bidsapp"], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO), "HOME": "/nonexistent"}, timeout=120)
+    if probe.returncode != 0:
+        missing("an unprivileged user", f"nobody cannot run {sys.executable} with {REPO} (a checkout or venv "
+                f"under a private folder?): {probe.stderr.strip()[-300:]}")
+    return prefix
 
 
 @contextlib.contextmanager
