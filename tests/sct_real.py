@@ -1,7 +1,7 @@
 """The real SCT 7.3 as the oracle: ``../shared/peers/sct`` installed once per machine, run as a user runs it.
 
 ``make test-sct`` runs the tests marked ``sct_oracle`` (``make test`` leaves them out: minutes). The peer
-folder is ``$CORDLESION_SCT_PEER``, else ``<repo>/../shared/peers/sct``, else ``/work/shared/peers/sct``;
+folder is ``$CORDLESION_SCT_PEER``, else ``<repo>/../shared/peers/sct`` (a git worktree: the main checkout's);
 SCT is installed into ``$SCT_ORACLE_ROOT`` (default ``/tmp/sct-oracle``; the peer's ``install.sh`` is
 idempotent, ~3 min the first time). Where the peer is absent (a user's machine) the tests skip, saying how
 to get SCT 7.3 instead; under CI or ``make test-sct`` they fail (``tests/components.py``).
@@ -24,7 +24,7 @@ from pathlib import Path
 import nibabel as nib
 import pytest
 
-from tests.components import missing
+from tests.components import beside_the_clone, missing
 
 __all__ = ["ASKED_ENV", "Sct", "install", "model_zip", "peer_folder", "save", "sct"]
 
@@ -44,7 +44,7 @@ def peer_folder() -> Path | None:
     """The SCT 7.3 peer folder (``install.sh``, ``run_sct.sh``), or None where there is none.
     ``$CORDLESION_SCT_PEER``, where set, is the only place looked at (an empty folder hides the peer)."""
     chosen = os.environ.get("CORDLESION_SCT_PEER")
-    candidates = [chosen] if chosen else [REPO.parent / "shared" / "peers" / "sct", "/work/shared/peers/sct"]
+    candidates = [chosen] if chosen else [beside_the_clone("peers", "sct")]
     for c in candidates:
         if c and (Path(c) / "run_sct.sh").is_file() and (Path(c) / "install.sh").is_file():
             return Path(c)

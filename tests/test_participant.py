@@ -16,7 +16,7 @@ import pytest
 from bidsapp import __version__, plan
 from bidsapp.cli import main
 from bidsapp.validation import validate
-from tests.components import missing
+from tests.components import beside_the_clone, missing
 
 pytestmark = pytest.mark.slow
 
@@ -24,8 +24,7 @@ pytestmark = pytest.mark.slow
 # variable points elsewhere (or at an empty folder, to leave them out). CI's fresh clone has shared/ beside
 # it as this checkout does, so there a missing dataset FAILS (tests/components.py): the only test on real
 # scans must not vanish with a moved folder. A user's clone has no shared/: the test skips, saying so.
-REAL_BIDS = Path(os.environ.get("CORDLESION_REAL_BIDS")
-                 or Path(__file__).resolve().parents[2] / "shared" / "data" / "real-bids")
+REAL_BIDS = Path(os.environ.get("CORDLESION_REAL_BIDS") or beside_the_clone("data", "real-bids"))
 # Pooled Dice of the committed demo models on this held-out phantom dataset (seed PHANTOM_BIDS_SEED),
 # measured through the whole app: lesion_ms 0.814, lesion_ms_mp2rage 0.805. The floors are issue 3's
 # targets for the demo models; a wrong orientation, grid, crop or class gives ~0.
