@@ -52,11 +52,14 @@ def executable(name: str) -> Path | None:
 def beside_the_clone(*parts: str) -> Path:
     """``../shared/<parts>`` beside this checkout: data and peers kept next to the clone, not in it. In a git
     worktree (``.git`` is a file naming the main repository's worktree folder) the main checkout's
-    ``../shared`` is used where the worktree has none beside it. The first that exists, else the first."""
+    ``../shared`` is used where the worktree has none beside it, then ``/work/shared``. The first that exists,
+    else the first."""
     repo = Path(__file__).resolve().parents[1]
     places = [repo.parent / "shared" / Path(*parts)]
     dot_git = repo / ".git"
     if dot_git.is_file() and dot_git.read_text().startswith("gitdir:"):
         main = Path(dot_git.read_text().split(":", 1)[1].strip()).parents[2]  # <main>/.git/worktrees/<name>
         places.append(main.parent / "shared" / Path(*parts))
+    # last: the workplace's own shared folder, where CI may clone the repository away from it
+    places.append(Path("/work/shared", *parts))
     return next((p for p in places if p.exists()), places[0])
