@@ -4,10 +4,12 @@
 pip. Each lock is the whole dependency tree of its requirements file, every package pinned (==) to the
 version pip chose, except EXCLUDED: timm (and with it torchvision) arrives through
 dynamic-network-architectures, whose modules we import (unet) never import it, and PyPI's torchvision
-does not load beside the CPU torch wheel ("operator torchvision::nms does not exist"). The locks are
-therefore installed with `pip install --no-deps -r ...` (Makefile, Dockerfile), which installs exactly
-the listed tree. Local version labels are dropped (torch 2.13.0+cpu -> torch==2.13.0) so a CUDA build
-of the same release satisfies the lock too.
+does not load beside the CPU torch wheel ("operator torchvision::nms does not exist");
+openvino-telemetry arrives through openvino: with it, ``openvino.convert_model`` sends usage events to
+Intel unless a consent file in HOME says no (and writes HOME); without it, openvino's converter uses its
+own no-op stub. The locks are therefore installed with `pip install --no-deps -r ...` (Makefile,
+Dockerfile), which installs exactly the listed tree. Local version labels are dropped (torch 2.13.0+cpu ->
+torch==2.13.0) so a CUDA build of the same release satisfies the lock too.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ try:
 except ImportError:  # pragma: no cover - pip always carries a copy
     from pip._vendor.packaging.requirements import Requirement
 
-EXCLUDED = {"timm", "torchvision"}
+EXCLUDED = {"timm", "torchvision", "openvino-telemetry"}
 ROOT = Path(__file__).resolve().parent.parent
 
 
