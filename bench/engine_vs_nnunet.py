@@ -17,6 +17,17 @@ the worker), and the agreement of the outputs (Dice of p(lesion) > 0.5, mean |p 
 ``--precision``: ours (default ``auto``, the engine's default; the precision it resolved to on this
 machine is recorded, with the CPU's flags); nnU-Net runs float32, its CPU mode. ``--compile`` wraps our
 network in ``torch.compile`` (inductor): the warm-up (first image, compile included) is recorded too.
+
+``--whole-process`` (issue 23 item 3): what a user pays per image. Each repetition starts a fresh process
+per engine, alternating which goes first: ours is ``python -m bidsapp.segment -i IMAGE -t FOLDER -o MASK
+--device cpu --threads N`` (our defaults; ``--backend X`` passed on once the option exists), nnU-Net's
+is a script that builds ``nnUNetPredictor`` (CPU, float32), predicts the saved image and writes the
+argmax. Wall seconds and peak RSS (``os.wait4``) per process; Dice and differing voxels of the two masks.
+``--isa native avx2``: as is and limited to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``). The
+issue's case (16 windows of 16x192x160)::
+
+    bench/engine_vs_nnunet.py --whole-process --networks resenc --shape 240 240 40 --spacing 3.0 0.7 0.7 \\
+        --patch 16 192 160 --reps 3 --threads 2 --isa native avx2 [--backend openvino]
 """
 from __future__ import annotations
 
@@ -39,20 +50,21 @@ MARK = "@@bench "
 
 
 # ---- setup ------------------------------------------------------------------------------------------
-def phantom(seed: int = 0):
-    """320x320x60 RAS image at 0.7x0.7x3 mm: a zero border, a body, a cord-like tube, blobs, noise."""
+def phantom(seed: int = 0, shape=SHAPE):
+    """``shape`` (320x320x60) RAS image at 0.7x0.7x3 mm: a zero border, a body, a cord-like tube, blobs,
+    noise."""
     import nibabel as nib
 
     rng = np.random.default_rng(seed)
-    x, y, z = np.meshgrid(*[np.linspace(-1, 1, s, dtype=np.float32) for s in SHAPE], indexing="ij")
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, s, dtype=np.float32) for s in shape], indexing="ij")
     data = 200 + 150 * np.exp(-(x ** 2 + y ** 2) / 0.4)
     data += 400 * np.exp(-((x - 0.05) ** 2 + (y + 0.1) ** 2) / 0.005)
     for c in ([0.2, -0.3, 0.1], [-0.3, 0.2, -0.4], [0.05, -0.1, 0.5]):
         data += 300 * np.exp(-((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) / 0.01)
-    data += rng.normal(0, 10, SHAPE).astype(np.float32)
+    data += rng.normal(0, 10, tuple(shape)).astype(np.float32)
     data[:12], data[-12:] = 0, 0
     aff = np.diag([*ZOOMS, 1.0])
-    aff[:3, 3] = [-112.0, -112.0, -90.0]
+    aff[:3, 3] = [-s * z / 2 for s, z in zip(shape, ZOOMS, strict=True)]  # centred: -112, -112, -90
     img = nib.Nifti1Image(data.astype(np.float32), aff)
     img.set_qform(aff, 1)
     img.set_sform(aff, 1)
@@ -164,6 +176,68 @@ def worker(args) -> None:
     np.save(args.save, probs[1].astype(np.float32))
 
 
+# ---- whole processes (issue 23 item 3) ----------------------------------------------------------------
+def nnunet_once(args) -> None:
+    """One whole nnUNetPredictor run (its CPU mode, float32): load, read the image, predict, write the
+    mask."""
+    import nibabel as nib
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from engine_models import oracle_predictor, oracle_probabilities
+
+    torch.set_num_threads(args.threads)
+    img = nib.load(args.image)
+    probs = oracle_probabilities(oracle_predictor(Path(args.folder), tta=False), img)
+    nib.save(nib.Nifti1Image(probs.argmax(0).astype(np.uint8), img.affine, img.header), args.save)
+
+
+def _whole_commands(folder: Path, image: Path, tmp: Path, args) -> dict[str, list[str]]:
+    from processes import SEGMENT, backend_option
+
+    ours = [*SEGMENT, "-i", str(image), "-t", str(folder), "-o", str(tmp / "ours.nii.gz"), "--device", "cpu",
+            "--threads", str(args.threads), *backend_option(args.backend, SEGMENT)]
+    if args.precision != "auto":
+        ours += ["--precision", args.precision]
+    nnunet = [sys.executable, __file__, "--nnunet-once", "--folder", str(folder), "--image", str(image),
+              "--save", str(tmp / "nnunet.nii.gz"), "--threads", str(args.threads)]
+    return {"ours": ours, "nnunet": nnunet}
+
+
+def run_whole(folder: Path, tmp: Path, args) -> list[dict]:
+    """Per ISA: ``--reps`` whole processes of each engine, alternating (the first engine alternates too);
+    wall s and peak RSS of each, the masks' agreement."""
+    import nibabel as nib
+    from processes import checked, env_for, timed
+
+    image = tmp / "image.nii.gz"
+    nib.save(phantom(shape=tuple(args.shape)), image)
+    cmds = _whole_commands(folder, image, tmp, args)
+    out = []
+    for isa in args.isa:
+        reps: dict[str, list[dict]] = {e: [] for e in cmds}
+        for k in range(args.reps):
+            for engine in (list(cmds) if k % 2 == 0 else list(cmds)[::-1]):
+                res = checked(timed(cmds[engine], env_for(isa, args.threads)), f"{engine} ({isa})")
+                reps[engine].append({"wall_s": round(res["wall_s"], 2), "peak_rss_mb": res["peak_rss_mb"]})
+        a = np.asarray(nib.load(tmp / "ours.nii.gz").dataobj) > 0
+        b = np.asarray(nib.load(tmp / "nnunet.nii.gz").dataobj) == 1
+        row = {"isa": isa, **{e: _whole_stats(r) for e, r in reps.items()},
+               "dice": round(float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1)), 5),
+               "voxels_differ": int((a != b).sum()), "lesion_fraction": round(float(b.mean()), 3)}
+        medians = {e: row[e]["wall_s"]["median"] for e in cmds}
+        row["speedup_wall_median"] = round(medians["nnunet"] / medians["ours"], 2)
+        print(json.dumps(row), flush=True)
+        out.append(row)
+    return out
+
+
+def _whole_stats(reps: list[dict]) -> dict:
+    walls = [r["wall_s"] for r in reps]
+    return {"wall_s": {"min": min(walls), "median": round(statistics.median(walls), 2), "max": max(walls),
+                       "all": walls}, "peak_rss_mb": max(r["peak_rss_mb"] for r in reps)}
+
+
 # ---- driver -----------------------------------------------------------------------------------------
 def _start(engine: str, folder: Path, save: Path, args, baseline: bool = False) -> subprocess.Popen:
     cmd = [sys.executable, __file__, "--worker", engine, "--folder", str(folder), "--save", str(save),
@@ -236,16 +310,27 @@ def main(argv=None) -> int:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="our engine's precision (nnU-Net: float32)")
     p.add_argument("--compile", action="store_true", help="torch.compile (inductor) our network")
+    p.add_argument("--whole-process", action="store_true",
+                   help="each repetition a whole process per engine (bidsapp.segment vs nnUNetPredictor)")
+    p.add_argument("--shape", nargs=3, type=int, default=list(SHAPE), help="phantom shape (0.7x0.7x3 mm)")
+    p.add_argument("--isa", nargs="+", default=["native"], choices=["native", "avx2"],
+                   help="--whole-process: as is, and/or limited to AVX2")
+    p.add_argument("--backend", help="--whole-process: our --backend (torch|openvino|auto), once wired")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "engine_vs_nnunet.json")
     p.add_argument("--worker", choices=["ours", "nnunet"], help=argparse.SUPPRESS)
+    p.add_argument("--nnunet-once", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--image", help=argparse.SUPPRESS)
     p.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     p.add_argument("--save", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.worker:
-        worker(args)
+    if args.worker or args.nnunet_once:
+        (worker if args.worker else nnunet_once)(args)
         return 0
     sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "bench"))
+    if args.whole_process:
+        return main_whole(args)
     results = {"command": " ".join(["python", *sys.argv]), "image": {"shape": SHAPE, "zooms_mm": ZOOMS},
                "plans_spacing": args.spacing, "patch": args.patch, "threads": args.threads,
                "reps": args.reps, "folds": args.folds, "cpu": _cpu(), "precision": args.precision,
@@ -258,6 +343,22 @@ def main(argv=None) -> int:
             res = summarise(name, runs, probs)
             results["results"].append(res)
             print(json.dumps(res), flush=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+def main_whole(args) -> int:
+    results = {"command": " ".join(["python", *sys.argv]), "mode": "whole processes",
+               "image": {"shape": args.shape, "zooms_mm": ZOOMS}, "plans_spacing": args.spacing,
+               "patch": args.patch, "threads": args.threads, "reps": args.reps, "folds": args.folds,
+               "cpu": _cpu(), "backend": args.backend, "load_average": os.getloadavg(), "results": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = build_models(Path(tmp), args.spacing, args.patch, args.folds, args.networks)
+        for name in args.networks:
+            work = Path(tmp) / f"run-{name}"
+            work.mkdir()
+            results["results"].append({"network": name, "runs": run_whole(folders[name], work, args)})
+    results["load_average_after"] = os.getloadavg()
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     return 0
 
