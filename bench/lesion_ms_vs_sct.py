@@ -82,8 +82,8 @@ def install_models(folders: dict[str, Path], models_dir: Path) -> None:
         install(name, models_dir=models_dir, origin=[str(folder)])
 
 
-def write_study(bids: Path) -> list[Path]:
-    """Two subjects, one 320x320x60 T2w each (phantom seeds 0 and 1)."""
+def write_study(bids: Path, shape) -> list[Path]:
+    """Two subjects, one T2w each (phantom seeds 0 and 1; 320x320x60 at 0.7x0.7x3 mm by default)."""
     import nibabel as nib
 
     bids.mkdir(parents=True)
@@ -92,7 +92,7 @@ def write_study(bids: Path) -> list[Path]:
     for k in range(2):
         path = bids / f"sub-0{k + 1}" / "anat" / f"sub-0{k + 1}_T2w.nii.gz"
         path.parent.mkdir(parents=True)
-        nib.save(phantom(seed=k), path)
+        nib.save(phantom(seed=k, shape=tuple(shape)), path)
         paths.append(path)
     return paths
 
@@ -154,7 +154,7 @@ def run(tmp: Path, args) -> dict:
     folders = build_models(tmp / "folders", args)
     models_dir = tmp / "models"
     install_models(folders, models_dir)
-    images = write_study(tmp / "bids")
+    images = write_study(tmp / "bids", args.shape)
     sct = None if args.skip_sct else install_sct()
     zips = {} if sct is None else {n: model_zip(f, tmp / f"{n}.zip") for n, f in folders.items()}
     ours, theirs = [], []
@@ -199,12 +199,13 @@ def main(argv=None) -> int:
     p.add_argument("--cord-patch", nargs=3, type=int, default=[64, 192, 160], help="spinalcord patch")
     p.add_argument("--features", nargs=2, type=int, default=[32, 320], metavar=("FIRST", "MAX"),
                    help="features of the first stage and the most of any stage (ResEnc-L: 32 320)")
+    p.add_argument("--shape", nargs=3, type=int, default=[320, 320, 60], help="image shape (0.7x0.7x3 mm)")
     p.add_argument("--isa", default="native", choices=list(ISA_ENV))
     p.add_argument("--backend", help="our --backend (torch|openvino|auto), once the option exists")
     p.add_argument("--skip-sct", action="store_true", help="ours only (no SCT 7.3 here)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "lesion_ms_vs_sct.json")
     args = p.parse_args(argv)
-    head = {"command": " ".join(["python", *sys.argv]), "cpu": _cpu(), "isa": args.isa,
+    head = {"command": " ".join(["python", *sys.argv]), "cpu": _cpu(), "isa": args.isa, "shape": args.shape,
             "threads": args.threads, "reps": args.reps, "patch": args.patch, "cord_patch": args.cord_patch,
             "features": args.features, "backend": args.backend, "load_average": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="lesion-ms-vs-sct-") as tmp:
