@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -18,6 +19,7 @@ import torch
 
 from bidsapp.engine import openvino_runtime as ovr
 from bidsapp.engine.modelfolder import NnUNetModel
+from bidsapp.errors import ModelError
 from bidsapp.models import locate
 from tests.components import missing
 
@@ -141,6 +143,7 @@ import json, sys
 from pathlib import Path
 from bidsapp.engine import openvino_runtime as ovr
 from bidsapp.engine.modelfolder import NnUNetModel
+from bidsapp.errors import ModelError
 from bidsapp.models import locate
 located = locate("lesion_ms", demo=True)
 model = NnUNetModel.load(located.path, folds=[0])
@@ -206,3 +209,19 @@ def test_help_and_dry_run_do_not_import_openvino(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout.split()
     assert out[1] == "False"
+
+
+def test_a_network_openvino_cannot_convert_is_one_line_naming_the_checkpoint(demo):
+    model, sha = demo
+
+    class Unconvertible(torch.nn.Module):
+        def forward(self, x):  # data-dependent Python control flow on a tensor's value: not traceable
+            return x if float(x.sum()) > 0 else x.numpy()
+
+    with pytest.raises(ModelError) as err:
+        ovr.load_backend(ovr.model_key(model, sha), Unconvertible)
+    text = str(err.value)
+    version = ovr.REQUIREMENT.split("==")[1]  # the pinned release: its full version string starts with it
+    # one line, the exception's type only: never the converter's own text (that goes to the log)
+    assert re.fullmatch(rf"OpenVINO {re.escape(version)} cannot convert the network of checkpoint {sha[:12]} "
+                        r"\(\w+; the log has the converter's message\); use --backend torch", text), text

@@ -325,11 +325,11 @@ def _converted(key: ConversionKey, network: Callable[[], torch.nn.Module]) -> An
         return convert(network(), key.window)
     except ModelError:
         raise
-    except Exception as exc:  # the converter raises many types; the traceback stays in the log
-        log.debug("OpenVINO conversion failed", exc_info=True)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"OpenVINO cannot convert the network of checkpoint {key.checkpoint_sha256[:12]} "
-                         f"({first[:200]}); use --backend torch") from exc
+    except Exception as exc:  # the converter raises many types: its own words go to the log only
+        log.warning("OpenVINO conversion of %s failed", key.name(), exc_info=True)
+        raise ModelError(f"OpenVINO {key.runtime.split('-')[0]} cannot convert the network of checkpoint "
+                         f"{key.checkpoint_sha256[:12]} ({type(exc).__name__}; the log has the converter's "
+                         f"message); use --backend torch") from exc
 
 
 def fold_network(model: NnUNetModel, fold: int | str) -> torch.nn.Module:
