@@ -244,6 +244,12 @@ def _one_line(exc: BaseException) -> str:
     return text[:200]
 
 
+def same_grid(a: nib.Nifti1Image, b: nib.Nifti1Image) -> bool:
+    """Whether two images share one voxel grid: the same 3D shape and affines within 0.001 (every element):
+    what "on the image's grid" means for every mask and label file read next to an image."""
+    return tuple(a.shape[:3]) == tuple(b.shape[:3]) and bool(np.allclose(a.affine, b.affine, atol=1e-3))
+
+
 def like(reference: nib.Nifti1Image, data: np.ndarray, dtype: type | np.dtype) -> nib.Nifti1Image:
     """Return ``data`` as an image on the exact grid of ``reference``.
 

@@ -33,11 +33,11 @@ def cord_angles(cord: np.ndarray, spacing: tuple[float, float, float]) -> Angles
     zs = np.flatnonzero(cord.any(axis=(0, 1)))
     if zs.size < 2:
         return Angles(np.zeros(nz), np.zeros(nz))
-    com = _slice_centres(cord)[zs]  # (n, 2): x, y in voxels
+    com = slice_centres(cord)[zs]  # (n, 2): x, y in voxels
     px, py, pz = spacing
     z_ref = np.arange(nz, dtype=float)
-    dx = _bspline_derivative(zs.astype(float), com[:, 0], z_ref, pz)
-    dy = _bspline_derivative(zs.astype(float), com[:, 1], z_ref, pz)
+    dx = smoothing_bspline(zs.astype(float), com[:, 0], z_ref, pz, der=1)
+    dy = smoothing_bspline(zs.astype(float), com[:, 1], z_ref, pz, der=1)
     t3 = np.stack([dx * px, dy * py, np.full(nz, pz)], axis=1)
     ts = np.stack([np.zeros(nz), dy * py, np.full(nz, pz)], axis=1)
     angle_3d = np.arccos(np.clip(t3[:, 2] / np.linalg.norm(t3, axis=1), -1, 1))
@@ -45,7 +45,7 @@ def cord_angles(cord: np.ndarray, spacing: tuple[float, float, float]) -> Angles
     return Angles(angle_3d, angle_sag)
 
 
-def _slice_centres(mask: np.ndarray) -> np.ndarray:
+def slice_centres(mask: np.ndarray) -> np.ndarray:
     """Per axial slice, the (x, y) centre of mass of ``mask`` in voxels (NaN for empty slices):
     SCT's ``find_and_sort_coord``, in one pass instead of one ``center_of_mass`` per slice."""
     counts = mask.sum(axis=(0, 1), dtype=np.int64).astype(float)
@@ -55,11 +55,13 @@ def _slice_centres(mask: np.ndarray) -> np.ndarray:
         return np.stack([xs / counts, ys / counts], axis=1)
 
 
-def _bspline_derivative(z: np.ndarray, v: np.ndarray, z_ref: np.ndarray, pz: float) -> np.ndarray:
-    """SCT ``curve_fitting.bspline``: smoothing factor ``density * smooth * pz / 3``, first derivative."""
+def smoothing_bspline(z: np.ndarray, v: np.ndarray, z_ref: np.ndarray, pz: float, *, der: int) -> np.ndarray:
+    """SCT ``curve_fitting.bspline`` (smooth=20): the fit of ``v(z)`` evaluated on ``z_ref`` (``der=0``) or
+    its first derivative (``der=1``); smoothing factor ``density * smooth * pz / 3``, density
+    ``(len(z) / len(z_ref)) ** 2``."""
     degree = 3 if len(z) > 3 else 1  # SCT: "if len(x) <= deg_bspline: deg_bspline -= 2"
     density = (float(len(z)) / len(z_ref)) ** 2
     tck = interpolate.splrep(z, v, s=density * CENTERLINE_SMOOTH * pz / 3.0, k=degree)
-    return np.asarray(interpolate.splev(z_ref, tck, der=1), float)
+    return np.asarray(interpolate.splev(z_ref, tck, der=der), float)
 
 

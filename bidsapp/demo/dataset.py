@@ -13,20 +13,17 @@ seed gives byte-identical files.
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
 from .. import __version__
+from .files import save_nifti, write_bytes, write_json
+from .levelfiles import moved, write_disc_labels, write_labels_dataset, write_level_truth
 from .phantom import (
     AXIAL_ORIENTATIONS,
     SAGITTAL_ORIENTATIONS,
@@ -57,13 +54,16 @@ class Acquisition:
 
 @dataclass(frozen=True)
 class PhantomImage:
-    """A written image and its ground truth (None for MP2RAGE inversions, which are not segmented)."""
+    """A written image and its ground truth (None for MP2RAGE inversions, which are not segmented): masks,
+    the true level map, and the disc labels (sagittal images only)."""
 
     path: Path
     suffix: str
     lesion_mask: Path | None
     cord_mask: Path | None
     n_lesions: int
+    level_map: Path | None = None
+    disc_labels: Path | None = None
 
 
 _MP2RAGE = (
@@ -153,6 +153,7 @@ def write_dataset(out_dir: str | Path, *, n_subjects: int = 5, seed: int = 0) ->
                 img_rng = np.random.default_rng([seed, i, s, j])
                 images.append(_write_image(out, img_rng, anatomy, sub, visit, acquisition, seed))
     _write_metadata(out, participants, seed)
+    write_labels_dataset(out, n_subjects, seed)
     log.info("wrote %d images of %d subjects to %s", len(images), n_subjects, out)
     return images
 
@@ -195,13 +196,8 @@ def _moved(phantom, motion: np.ndarray):
     """The phantom's images with their grid moved by ``motion`` (the anatomy moved the other way)."""
     if np.allclose(motion, np.eye(4)):
         return phantom
-
-    def move(img: nib.Nifti1Image) -> nib.Nifti1Image:
-        out = nib.Nifti1Image(np.asanyarray(img.dataobj), motion @ img.affine, img.header)
-        out.set_qform(out.affine, 1)
-        out.set_sform(out.affine, 1)
-        return out
-    return replace(phantom, image=move(phantom.image), lesion=move(phantom.lesion), cord=move(phantom.cord))
+    return replace(phantom, image=moved(phantom.image, motion), lesion=moved(phantom.lesion, motion),
+                   cord=moved(phantom.cord, motion))
 
 
 def _bids_stem(sub: str, ses: str | None, acq: Acquisition) -> str:
@@ -241,7 +237,8 @@ def _write_image(
     grid = _geometry(rng, acq)
     if acq.inv:  # the inversions share the UNIT1 grid of the same MP2RAGE acquisition
         grid = replace(grid, orientation=("A", "S", "L"))
-    phantom = _moved(make_phantom(contrast, rng=rng, anatomy=anatomy, grid=grid), visit.motion)
+    unmoved = make_phantom(contrast, rng=rng, anatomy=anatomy, grid=grid)
+    phantom = _moved(unmoved, visit.motion)
     stem = _bids_stem(sub, ses, acq)
     rel_dir = Path(f"sub-{sub}") / (f"ses-{ses}" if ses else "") / "anat"
     name = f"{stem}_{acq.suffix}"
@@ -261,7 +258,13 @@ def _write_image(
     write_json(out / rel_dir / f"{name}.json", sidecar)
     if acq.inv:
         return PhantomImage(out / rel_dir / f"{name}.nii.gz", acq.suffix, None, None, 0)
-    return _write_truth(out, rel_dir, stem, acq.suffix, phantom, visit)
+    written = _write_truth(out, rel_dir, stem, acq.suffix, phantom, visit)
+    source = f"bids:raw:{(rel_dir / f'{name}.nii.gz').as_posix()}"
+    truth_dir = out / "derivatives" / GROUNDTRUTH / rel_dir
+    levels = write_level_truth(truth_dir, stem, acq.suffix, source, unmoved.cord, anatomy, visit.motion)
+    discs = (write_disc_labels(out, rel_dir, name, unmoved.image, anatomy, visit.motion)
+             if acq.plane == "sag" else None)
+    return replace(written, level_map=levels, disc_labels=discs)
 
 
 def _write_truth(out: Path, rel_dir: Path, stem: str, suffix: str, phantom, visit: Visit) -> PhantomImage:
@@ -377,25 +380,3 @@ Multiple sclerosis-like lesions (bright on T2w/T2starw, dark on UNIT1) are known
 spinal cord masks are under `derivatives/groundtruth`. Synthetic data for trying and testing software,
 not for research conclusions.
 """
-
-
-def save_nifti(img: nib.Nifti1Image, path: Path) -> None:
-    """gzip with mtime 0 (byte-identical for identical images), written atomically."""
-    write_bytes(path, gzip.compress(img.to_bytes(), compresslevel=1, mtime=0))
-
-
-def write_json(path: Path, obj: dict) -> None:
-    write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a dataset is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -62,6 +62,13 @@ CONTRASTS["T2star"] = CONTRASTS["T2starw"]  # deprecated BIDS suffix, same seque
 SAGITTAL_ORIENTATIONS = (("P", "S", "R"), ("A", "S", "L"), ("P", "I", "R"), ("R", "A", "S"), ("L", "P", "S"))
 AXIAL_ORIENTATIONS = (("L", "A", "S"), ("R", "A", "S"), ("L", "P", "S"), ("R", "P", "I"))
 
+#: the vertebral column along S-I: where the phase ``(z / vertebra_period + vertebra_phase) mod 1`` is above
+#: DISC_PHASE lies disc, below it bone; vertebral bodies are elliptic cylinders (R-L, A-P semi-axes) whose
+#: posterior surface lies BODY_GAP_MM in front of the thecal sac (bidsapp.demo.vertebrae names the discs)
+DISC_PHASE = 0.78
+BODY_SEMI_AXES_MM = (9.0, 7.0)
+BODY_GAP_MM = 1.5
+
 _AXIS_VECTORS = {
     "R": (1, 0, 0),
     "L": (-1, 0, 0),
@@ -266,9 +273,9 @@ def _labels(anatomy: Anatomy, xyz: np.ndarray) -> np.ndarray:
     # vertebral bodies in front of the canal, discs between them; laminae behind
     m_lr, m_ant, m_post = anatomy.csf_margin
     phase = np.mod(z / anatomy.vertebra_period + anatomy.vertebra_phase, 1.0)
-    is_disc = phase > 0.78
-    body_ry, body_rx = 7.0, 9.0
-    body_cy = cy + ry + m_ant + 1.5 + body_ry
+    is_disc = phase > DISC_PHASE
+    body_rx, body_ry = BODY_SEMI_AXES_MM
+    body_cy = cy + ry + m_ant + BODY_GAP_MM + body_ry
     in_body = (dx / body_rx) ** 2 + ((y - body_cy) / body_ry) ** 2 <= 1
     labels[in_body] = BONE
     labels[in_body & is_disc] = DISC
