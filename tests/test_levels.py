@@ -224,6 +224,29 @@ def test_discs_out_of_order_along_the_cord_are_refused():
         checked_rule(_cord(), disc_points(_discs({6: 14, 3: 26, 5: 38})), "img")
 
 
+def test_bounding_discs_drop_what_scts_projection_collapses_onto_the_cords_ends():
+    # cord slices 20-30; C2/C3 (3) and C3/C4 (4) above it, C4/C5 (5) along it, C5/C6 and C6/C7 below it
+    cord, discs = _cord(z=(20, 30)), disc_points(_discs({3: 55, 4: 45, 5: 26, 6: 14, 7: 2}))
+    mask = np.asanyarray(cord.dataobj)
+    sct, place = checked_rule(cord, discs, "img")
+    assert place.where == ("below", "below", "along", "above", "above")  # C order of the disc image: k rising
+    # SCT: both discs above land on the top slice's voxel, the later (C2/C3) wins; below, C5/C6 wins
+    assert _slice_levels(sct.voxel_levels(mask > 0).level, mask) == {
+        20: {6}, **{k: {5} for k in range(21, 27)}, **{k: {3} for k in range(27, 31)}}
+    bounded, _ = checked_rule(cord, discs, "img", bounding_only=True)
+    expected = _expected_by_slice({3: 55, 4: 45, 5: 26, 6: 14, 7: 2}, z=(20, 30))  # by hand: the truth
+    assert expected == {**{k: 5 for k in range(20, 27)}, **{k: 4 for k in range(27, 31)}}
+    assert _slice_levels(bounded.voxel_levels(mask > 0).level, mask) == {k: {v} for k, v in expected.items()}
+
+
+def test_a_cord_between_two_discs_takes_the_upper_ones_level():
+    cord, discs = _cord(z=(20, 30)), disc_points(_discs({4: 45, 5: 10}))
+    bounded, place = checked_rule(cord, discs, "img", bounding_only=True)
+    assert place.where == ("below", "above")
+    mask = np.asanyarray(cord.dataobj)
+    assert _slice_levels(bounded.voxel_levels(mask > 0).level, mask) == {k: {4} for k in range(20, 31)}
+
+
 # ---------------------------------------------------------------------------------- which file serves
 def test_disc_file_names_of_the_conventions():
     assert drawn_on("sub-01/anat/sub-01_acq-sag_T2w_label-discs_dlabel.nii.gz") == \

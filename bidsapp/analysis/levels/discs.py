@@ -20,7 +20,7 @@ A disc label image holds one voxel per intervertebral disc at its posterior tip,
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import nibabel as nib
 import numpy as np
@@ -142,13 +142,33 @@ def check_order(discs: DiscPoints, rule: LevelRule) -> None:
                              f"lies above {disc_name(low)} ({low})")
 
 
-def checked_rule(cord: nib.Nifti1Image, discs: DiscPoints,
-                 image_name: str) -> tuple[LevelRule, DiscPlacement]:
+def bounding_discs(discs: DiscPoints, place: DiscPlacement) -> DiscPoints:
+    """The discs that bound this cord: those along it; when none is, the nearest one above it (the largest
+    value above), so a cord between two discs takes the upper one's level.
+
+    Why: SCT 7.3 projects every disc beyond an end of the cord onto the end's voxel. There (a) several discs
+    collapse and the last one in the disc image's voxel order wins: with C2/C3 and C1/C2 above an axial
+    image's cord, the cord above its highest disc takes C1/C2's value (C2) where C3 is right; (b) a disc below
+    the cord gives the bottom slice the level BELOW that disc, though the slice lies above it. Without the
+    discs beyond the ends, the rule gives the level above the highest disc (its value minus one) and below the
+    lowest one (its value), right within one disc spacing and flagged beyond it. On discs that all lie along
+    the cord (a sagittal image's own labels, usually) nothing changes: SCT's map exactly."""
+    where, values = np.array(place.where), np.array(place.values)
+    keep = where == "along"
+    if not keep.any() and (where == "above").any():
+        keep = (where == "above") & (values == values[where == "above"].max())
+    return replace(discs, values=discs.values[keep], voxels=discs.voxels[keep])
+
+
+def checked_rule(cord: nib.Nifti1Image, discs: DiscPoints, image_name: str, *,
+                 bounding_only: bool = False) -> tuple[LevelRule, DiscPlacement]:
     """SCT's level rule for ``cord`` from ``discs`` after the cord checks (reach, order), with where each disc
-    sits; ``DiscLabelError`` naming the disc file otherwise."""
+    sits; ``DiscLabelError`` naming the disc file otherwise. ``bounding_only``: the rule from
+    :func:`bounding_discs` (default False: every disc, exactly as SCT 7.3 is given the file)."""
     line = centreline(cord)
     place = placement(discs, line)
     check_reach(discs, place, image_name)
-    rule = level_rule(cord, discs, line=line)
+    used = bounding_discs(discs, place) if bounding_only else discs
+    rule = level_rule(cord, used, line=line)
     check_order(discs, rule)
     return rule, place
