@@ -32,7 +32,7 @@ from scipy import ndimage
 from . import tasks as task_table
 from .engine.onnx import OnnxModel
 from .errors import InputImageError, ModelError
-from .imaging import like
+from .imaging import like, same_grid
 from .orientation import Reorientation, to_sct_orientation
 
 log = logging.getLogger(__name__)
@@ -279,7 +279,7 @@ def run_legacy(data: np.ndarray, affine: np.ndarray, cord: np.ndarray, task: str
 
 
 def _check_same_grid(img: nib.Nifti1Image, cord: nib.Nifti1Image) -> None:
-    if tuple(cord.shape[:3]) != tuple(img.shape[:3]) or not np.allclose(cord.affine, img.affine, atol=1e-3):
+    if not same_grid(cord, img):
         raise InputImageError(f"{img.get_filename() or 'image'}: the cord mask is not on the image grid "
                               f"(shape {cord.shape} vs {img.shape})")
 

@@ -22,6 +22,7 @@ from scipy import ndimage
 
 from .. import metrics
 from ..errors import InputImageError
+from ..imaging import same_grid
 from ..orientation import Reorientation, to_sct_orientation
 from .angles import Angles, cord_angles
 from .bridges import Bridges, Midsagittal, midsagittal, tissue_bridges
@@ -120,7 +121,7 @@ def _prepare(mask: nib.Nifti1Image, cord: nib.Nifti1Image | None) -> _Grid:
     cord_data = None
     if cord is not None:
         cord_data = binary_data(cord, "cord mask")
-        if cord_data.shape != lesion.shape or not np.allclose(cord.affine, mask.affine, atol=1e-3):
+        if not same_grid(cord, mask):
             name = cord.get_filename() or "cord mask"
             raise InputImageError(f"{name}: cord mask is not on the lesion mask's grid "
                                   f"(shape {cord_data.shape} vs {lesion.shape}, or a different affine)")
