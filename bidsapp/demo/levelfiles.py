@@ -2,7 +2,8 @@
 
 - ``derivatives/labels/<folder>/<image stem>_label-discs_dlabel.nii.gz`` (+ ``.json``): one voxel per disc at
   its posterior tip, SCT values, on the image's grid; written for the SAGITTAL images only, as studies label
-  discs (spine-generic's name; manual-correction's layout; its sidecar's ``GeneratedBy`` list). The axial
+  discs (spine-generic's name; manual-correction's layout; its sidecar's ``GeneratedBy`` list); a README and
+  a ``.bidsignore``, no ``dataset_description.json`` (see :func:`write_labels_dataset`). The axial
   images of a session use them through the projection in mm; a subject without a sagittal image has none.
 - ``derivatives/groundtruth/<folder>/<source entities>_desc-<suffix>Levels_dseg.nii.gz`` (+ ``.json``,
   ``.tsv``): the true level of every voxel of the ground-truth cord mask (a BIDS discrete segmentation with
@@ -74,23 +75,19 @@ def write_level_truth(truth_dir: Path, stem: str, suffix: str, source: str, cord
 
 
 def write_labels_dataset(out: Path, n_subjects: int, seed: int) -> None:
-    """``derivatives/labels``'s dataset files (the disc label name is not BIDS: listed in ``.bidsignore``)."""
+    """``derivatives/labels``'s README and ``.bidsignore``. No ``dataset_description.json``, as
+    manual-correction leaves the folder: with one, ``bids-validator-deno -r`` (the pinned version)
+    validates the folder as a derivative dataset without reading its ``.bidsignore`` (fixed upstream,
+    bids-validator PR #331) and refuses spine-generic's names, which are not BIDS
+    (``..._T2w_label-discs_dlabel``)."""
     labels = out / "derivatives" / LABELS
-    write_json(labels / "dataset_description.json", {
-        "Name": "Disc labels of the cordlesion phantoms",
-        "BIDSVersion": "1.10.0",
-        "DatasetType": "derivative",
-        "GeneratedBy": [{"Name": "cordlesion-phantom", "Version": __version__,
-                         "Description": f"python -m bidsapp.demo OUT --subjects {n_subjects} --seed {seed}"}],
-        "DatasetLinks": {"raw": "../../"},
-        "SourceDatasets": [{"URL": "bids:raw:"}],
-    })
     write_bytes(labels / ".bidsignore", f"*{DISC_ENDING}.nii.gz\n*{DISC_ENDING}.json\n".encode())
     write_bytes(labels / "README.md", (
         "# Disc labels of the cordlesion phantoms\n\nOne voxel per intervertebral disc at its posterior tip "
         f"(`{DISC_ENDING}`, spine-generic's name), SCT's values (3 = C2/C3, ..., 8 = C7/T1), on the grid of "
         "each sagittal image. Axial images of the same session have none: their levels come from these "
-        "labels through the projection in millimetres.\n").encode())
+        "labels through the projection in millimetres. Written by `python -m bidsapp.demo OUT --subjects "
+        f"{n_subjects} --seed {seed}`.\n").encode())
 
 
 def moved(img: nib.Nifti1Image, motion: np.ndarray) -> nib.Nifti1Image:
