@@ -112,3 +112,22 @@ def _bounding(discs, place) -> tuple[list[int], list[np.ndarray]]:
     """By hand: the discs whose nearest centreline point is inside the centreline."""
     keep = [i for i, where in enumerate(place.where) if where == "along"]
     return [int(discs.values[i]) for i in keep], [discs.voxels[i] for i in keep]
+
+
+def _qform_only(img: nib.Nifti1Image) -> nib.Nifti1Image:
+    out = nib.Nifti1Image(np.asanyarray(img.dataobj), None, img.header.copy())
+    out.set_qform(img.affine, 1)
+    out.set_sform(None, 0)
+    return out
+
+
+def test_a_qform_only_oblique_image_too(sct, tmp_path):  # noqa: F811 - fixture
+    # no sform: SCT reads the qform (with its permissive quaternion threshold)
+    files = _write_case(17, Grid(orientation=("P", "I", "R"), tilt_deg=6.3, **SAGITTAL), None, tmp_path)
+    for key in ("image", "cord", "discs"):
+        save(_qform_only(nib.load(files[key])), files[key])
+    cord = nib.load(files["cord"])
+    assert int(cord.header["sform_code"]) == 0 and int(cord.header["qform_code"]) == 1
+    theirs = _sct_levels(sct, files, files["discs"], tmp_path / "sct")
+    ours = np.asanyarray(level_map(cord, disc_points(nib.load(files["discs"]))).dataobj).astype(int)
+    assert len(np.unique(theirs[theirs > 0])) >= 4 and int((ours != theirs).sum()) == 0

@@ -6,6 +6,8 @@
 - :mod:`.registration`: SimpleITK rigid registration (``register_rigid``) and label resampling.
 - :mod:`.change`: ``analyze_change(SessionInputs, ChangeRules, RegistrationSettings) -> SessionChange``.
 - :mod:`.tables`: TSV text, data dictionaries, atomic writes.
+- :mod:`.levels`: vertebral levels from disc labels (SCT 7.3's ``sct_label_vertebrae -discfile`` rule,
+  ported; checks of disc label files; per-lesion level columns); see docs/LEVELS.md.
 
 Where we differ from SCT 7.3 (and why):
 

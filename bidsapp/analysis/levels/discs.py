@@ -29,7 +29,7 @@ from scipy.spatial import KDTree
 from ...errors import CordlesionError
 from ...imaging import same_grid
 from .names import DISC_VALUES, LANDMARK_VALUES, disc_name
-from .sct_rule import Centreline, DiscPoints, LevelRule, centreline, level_rule
+from .sct_rule import Centreline, DiscPoints, LevelRule, centreline, level_rule, sct_affine
 
 #: a disc is labelled by one voxel; a few more (a brush stroke, 3x3x3) still project as SCT does
 MAX_VOXELS_PER_DISC = 27
@@ -67,7 +67,7 @@ def disc_points(img: nib.Nifti1Image, name: str | None = None) -> DiscPoints:
     if landmark.all():
         raise DiscLabelError(f"{name}: only SCT's brainstem landmarks (49, 50), no disc label")
     return DiscPoints(values=values[~landmark], voxels=voxels[~landmark],
-                      affine=img.header.get_best_affine(), shape=tuple(data.shape), name=name,
+                      affine=sct_affine(img.header), shape=tuple(data.shape), name=name,
                       ignored=tuple(sorted(set(values[landmark].tolist()))))
 
 

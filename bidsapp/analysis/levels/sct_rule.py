@@ -46,7 +46,7 @@ class DiscPoints:
 
     values: np.ndarray  # (L,) int
     voxels: np.ndarray  # (L, 3) int, np.argwhere order
-    affine: np.ndarray  # 4x4, the disc image's header.get_best_affine()
+    affine: np.ndarray  # 4x4, the disc image's affine as SCT reads it (sct_affine)
     shape: tuple[int, int, int]
     name: str  # the file, for messages
     ignored: tuple[int, ...] = ()  # landmark values read but left out (49, 50)
@@ -80,6 +80,14 @@ class VoxelLevels:
 
     level: np.ndarray
     beyond: np.ndarray
+
+
+def sct_affine(header: nib.Nifti1Header) -> np.ndarray:
+    """The affine SCT's ``Image`` uses: ``header.get_best_affine()`` (the sform when its code is set, as
+    stored: float32) with SCT's permissive quaternion threshold for a qform-only header."""
+    header = header.copy()
+    header.quaternion_threshold = -1e-6
+    return header.get_best_affine()
 
 
 def pix2phys(affine: np.ndarray, voxels: np.ndarray) -> np.ndarray:
@@ -121,7 +129,7 @@ def _cord_mask(cord: nib.Nifti1Image) -> np.ndarray:
 def centreline(cord: nib.Nifti1Image) -> Centreline:
     """SCT 7.3 ``get_centerline(cord, ParamCenterline())`` (B-spline, smooth 20, minmax).
     ``InputImageError`` naming the file when the cord covers fewer than two axial slices."""
-    affine = cord.header.get_best_affine()
+    affine = sct_affine(cord.header)
     rpi, reo = to_sct_orientation(_cord_mask(cord), affine, RPI)
     rpi_header = _stored(cord.header, reo.affine, rpi.shape)
     pz = _sct_zoom(rpi_header.get_zooms()[2])
@@ -136,8 +144,8 @@ def centreline(cord: nib.Nifti1Image) -> Centreline:
     y = smoothing_bspline(z_mean, centres[:, 1], z_ref, pz, der=0)
     native = _to_native(np.array([x, y, z_ref]).T, reo, rpi.shape)
     # space='phys' uses the RPI copy turned back to the native orientation: the header round trip
-    back = rpi_header.get_best_affine() @ nio.inv_ornt_aff(reo.inverse, rpi.shape)
-    back_affine = _stored(rpi_header, back, cord.shape[:3]).get_best_affine()
+    back = sct_affine(rpi_header) @ nio.inv_ornt_aff(reo.inverse, rpi.shape)
+    back_affine = sct_affine(_stored(rpi_header, back, cord.shape[:3]))
     return Centreline(native=native, mm=pix2phys(back_affine, native))
 
 
@@ -154,7 +162,7 @@ def project_discs(cord: nib.Nifti1Image, line: Centreline, discs: DiscPoints) ->
     """SCT ``project_centerline``: each disc on the nearest centreline point, as a voxel of the cord's grid
     (clipped to it); ``{voxel: value}``, a later disc replacing an earlier one on the same voxel."""
     _, nearest = KDTree(line.mm).query(discs.mm)
-    voxels = _phys2pix_rounded(cord.header.get_best_affine(), line.mm[nearest])
+    voxels = _phys2pix_rounded(sct_affine(cord.header), line.mm[nearest])
     voxels = voxels.clip(0, np.array(cord.shape[:3]) - 1)
     projected: dict[tuple[int, ...], int] = {}
     for voxel, value in zip(map(tuple, voxels.tolist()), discs.values.tolist(), strict=True):
@@ -206,7 +214,7 @@ def level_rule(cord: nib.Nifti1Image, discs: DiscPoints, *, line: Centreline | N
     if len(discs.values) == 0:
         raise ValueError(f"{discs.name}: no disc label")
     line = line if line is not None else centreline(cord)
-    affine = cord.header.get_best_affine()
+    affine = sct_affine(cord.header)
     projected = project_discs(cord, line, discs)
     points = pix2phys(affine, line.native.astype(int))  # SCT: get_centerline(space='pix') -> astype(int)
     tree = KDTree(points)
