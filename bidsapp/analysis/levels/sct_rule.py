@@ -187,10 +187,6 @@ class LevelRule:
         """Index of the nearest centreline point of each voxel (K, 3) of the cord's grid."""
         return self.tree.query(pix2phys(self.affine, voxels))[1]
 
-    def values_at(self, voxels: np.ndarray) -> np.ndarray:
-        """The level SCT gives each voxel (K, 3), int."""
-        return self.region_values[np.searchsorted(self.region_indices, self.nearest(voxels))]
-
     def voxel_levels(self, mask: np.ndarray) -> VoxelLevels:
         """Levels (and distance beyond the discs) of the voxels of ``mask`` (the cord: SCT's map; the cord
         and the lesions: a level for every lesion voxel by the same rule)."""
