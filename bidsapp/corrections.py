@@ -43,11 +43,8 @@ from .derivatives import (
     source_entities,
 )
 from .errors import ConfigError, CorrectionError
-from .imaging import like
+from .imaging import grid_mismatch, like
 
-#: affines closer than this (mm, and unitless for the direction cosines) are the same grid: a viewer that
-#: saves the header again may round the float32 sform
-AFFINE_TOLERANCE = 1e-3
 _EXTENSIONS = (".nii.gz", ".nii")
 
 
@@ -145,18 +142,6 @@ class Correction:
 MODEL_SOURCE: dict[str, Any] = {"source": "model"}
 
 
-def _grid_reason(data_shape: tuple[int, ...], affine: np.ndarray, image: nib.Nifti1Image) -> str | None:
-    shape = tuple(int(n) for n in image.shape[:3])
-    if data_shape != shape:
-        return (f"not on the image's grid: shape {'x'.join(map(str, data_shape))}, the image's is "
-                f"{'x'.join(map(str, shape))}")
-    gap = float(np.abs(np.asarray(affine, float) - np.asarray(image.affine, float)).max())
-    if gap > AFFINE_TOLERANCE:
-        return (f"not on the image's grid: its affine differs from the image's by up to {gap:.3g} mm "
-                "(resampled, or saved in another space?)")
-    return None
-
-
 def _values(data: np.ndarray) -> str:
     """What a non-binary mask holds, in words: a soft map, a label map, or other values."""
     if not np.issubdtype(data.dtype, np.number) or np.isnan(data).any():
@@ -186,7 +171,7 @@ def check_mask(path: Path, image: nib.Nifti1Image) -> nib.Nifti1Image:
         data = data[..., 0]
     if data.ndim != 3:
         raise CorrectionError(f"{path}: not a 3D mask (shape {'x'.join(map(str, data.shape))})")
-    reason = _grid_reason(tuple(data.shape), img.affine, image)
+    reason = grid_mismatch(tuple(data.shape), img.affine, image)
     if reason is None and not ((data == 0) | (data == 1)).all():
         reason = _values(data)
     if reason is not None:

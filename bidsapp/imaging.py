@@ -244,10 +244,29 @@ def _one_line(exc: BaseException) -> str:
     return text[:200]
 
 
+#: affines closer than this (mm, and unitless for the direction cosines) are the same grid: a viewer that
+#: saves the header again may round the float32 sform
+AFFINE_TOLERANCE = 1e-3
+
+
+def grid_mismatch(data_shape: tuple[int, ...], affine: np.ndarray, image: nib.Nifti1Image) -> str | None:
+    """Why an array of ``data_shape`` with ``affine`` is not on ``image``'s grid (None when it is): the one
+    rule of "on the image's grid" for every mask and label file read next to an image (same 3D shape,
+    affines within :data:`AFFINE_TOLERANCE` element by element)."""
+    shape = tuple(int(n) for n in image.shape[:3])
+    if tuple(int(n) for n in data_shape[:3]) != shape:
+        return (f"not on the image's grid: shape {'x'.join(map(str, data_shape[:3]))}, the image's is "
+                f"{'x'.join(map(str, shape))}")
+    gap = float(np.abs(np.asarray(affine, float) - np.asarray(image.affine, float)).max())
+    if gap > AFFINE_TOLERANCE:
+        return (f"not on the image's grid: its affine differs from the image's by up to {gap:.3g} mm "
+                "(resampled, or saved in another space?)")
+    return None
+
+
 def same_grid(a: nib.Nifti1Image, b: nib.Nifti1Image) -> bool:
-    """Whether two images share one voxel grid: the same 3D shape and affines within 0.001 (every element):
-    what "on the image's grid" means for every mask and label file read next to an image."""
-    return tuple(a.shape[:3]) == tuple(b.shape[:3]) and bool(np.allclose(a.affine, b.affine, atol=1e-3))
+    """Whether two images share one voxel grid (:func:`grid_mismatch` finds nothing)."""
+    return grid_mismatch(tuple(a.shape[:3]), a.affine, b) is None
 
 
 def like(reference: nib.Nifti1Image, data: np.ndarray, dtype: type | np.dtype) -> nib.Nifti1Image:

@@ -191,9 +191,15 @@ def test_brainstem_landmarks_are_left_out_and_reported():
 def test_labels_off_their_images_grid_are_refused():
     labels = _discs(DISCS)
     check_on_grid(labels, "d.nii.gz", _cord(), "img.nii.gz")  # same grid: nothing to say
-    for other in (_cord(shape=(21, 24, 61)), _cord(affine=_affine(origin=(-10, -12, -29.5)))):
-        with pytest.raises(DiscLabelError, match=r"^d\.nii\.gz: not on the grid of img\.nii\.gz \(shape"):
+    moved = _cord(affine=_affine(origin=(-10, -12, -29.5)))
+    wrong = {"shape 21x24x60, the image's is 21x24x61": _cord(shape=(21, 24, 61)),
+             "its affine differs from the image's by up to 0.5 mm (resampled, or saved in another "
+             "space?)": moved}
+    for reason, other in wrong.items():
+        with pytest.raises(DiscLabelError) as exc:
             check_on_grid(labels, "d.nii.gz", other, "img.nii.gz")
+        assert str(exc.value) == (f"d.nii.gz: not on the image's grid: {reason}; the image: img.nii.gz (disc "
+                                  "labels are drawn on the image itself)")
 
 
 def test_discs_far_from_the_cord_are_refused():

@@ -27,7 +27,7 @@ import numpy as np
 from scipy.spatial import KDTree
 
 from ...errors import CordlesionError
-from ...imaging import same_grid
+from ...imaging import grid_mismatch
 from .names import DISC_VALUES, LANDMARK_VALUES, disc_name
 from .sct_rule import Centreline, DiscPoints, LevelRule, centreline, level_rule, sct_affine
 
@@ -88,11 +88,12 @@ def _check_values(name: str, values: np.ndarray) -> None:
 
 
 def check_on_grid(labels: nib.Nifti1Image, labels_name: str, image: nib.Nifti1Image, image_name: str) -> None:
-    """A label file drawn for ``image`` must be on its grid (shape and affine); ``DiscLabelError`` if not."""
-    if not same_grid(labels, image):
-        raise DiscLabelError(f"{labels_name}: not on the grid of {image_name} (shape "
-                             f"{tuple(labels.shape[:3])} vs {tuple(image.shape[:3])}, or another affine): "
-                             "labels are drawn on the image itself")
+    """A label file drawn for ``image`` must be on its grid (``imaging.grid_mismatch``: shape and affine);
+    ``DiscLabelError`` if not."""
+    reason = grid_mismatch(tuple(labels.shape[:3]), labels.affine, image)
+    if reason is not None:
+        raise DiscLabelError(f"{labels_name}: {reason}; the image: {image_name} (disc labels are drawn on "
+                             "the image itself)")
 
 
 @dataclass(frozen=True)
