@@ -23,10 +23,9 @@ ENSEMBLE_HELP = ("fold ensembling of the nnU-Net tasks: sct (SCT 7.3: each fold'
                  "(nnU-Net's mean of the fold logits) or probabilities; default: the task's rule "
                  "(lesion_ms: sct)")
 #: the --precision help of both command lines (the rule is engine.precision.resolve_precision's)
-PRECISION_HELP = ("numeric precision of the nnU-Net networks: auto (bf16 on a CPU with bfloat16 dot-product "
-                  "instructions, avx512_bf16 or AMX; fp16 autocast on CUDA; fp32 otherwise), fp32, bf16 or "
-                  "fp16 (asked for without the instructions: emulated, same results, not faster); logits, "
-                  "softmax and argmax stay float32")
+PRECISION_HELP = ("numeric precision of the nnU-Net networks: auto (SCT's arithmetic: fp32 on every CPU, "
+                  "fp16 autocast on CUDA), fp32, bf16 or fp16 (on a CPU: faster on some CPUs, with "
+                  "avx512_bf16 or AMX, but not SCT's masks; without those instructions emulated, not faster)")
 
 
 @dataclass(frozen=True)

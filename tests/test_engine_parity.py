@@ -27,8 +27,8 @@ from bidsapp.engine.nnunet import _prepare_cpu_weights
 pytestmark = pytest.mark.timeout(300)
 
 NETWORKS = ("PlainConvUNet", "ResidualEncoderUNet")
-#: nnunetv2's CPU mode is float32, so parity is checked in float32 ("auto" is bf16 on CPUs with
-#: bfloat16 instructions; tests/test_precision.py checks that precision)
+#: nnunetv2's CPU mode is float32, so parity is checked in float32 (also what "auto" is on every CPU;
+#: tests/test_precision.py checks the reduced precisions)
 Fp32Predictor = functools.partial(NnUNetPredictor, precision="fp32")
 CASES = ("ras", "las", "resample")
 

@@ -34,13 +34,12 @@ SAPPHIRE = CpuFeatures(True, True, "AVX512", AVX512.flags | {"amx_bf16", "amx_ti
 
 # ---- which precision ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("features,device,expected", [
+    # SCT's arithmetic on every CPU: a mask must not depend on the CPU model (issue 22)
     (AVX2, "cpu", "fp32"),
-    (AVX512, "cpu", "fp32"),  # oneDNN "supports" bf16 there by conversion only: no faster, not chosen
-    (AVX512_BF16, "cpu", "bf16"),
-    (SAPPHIRE, "cpu", "bf16"),
-    (CpuFeatures(True, False, "AVX512", None), "cpu", "fp32"),  # flags unknown: AVX-512 is not enough
-    (CpuFeatures(True, True, "AMX", None), "cpu", "bf16"),
-    (CpuFeatures(False, False, "AVX512", AVX512_BF16.flags), "cpu", "fp32"),  # torch build without it
+    (AVX512, "cpu", "fp32"),
+    (AVX512_BF16, "cpu", "fp32"),
+    (SAPPHIRE, "cpu", "fp32"),
+    (CpuFeatures(True, True, "AMX", None), "cpu", "fp32"),
     (AVX2, "cuda", "fp16"), (AVX512_BF16, "cuda:1", "fp16"),  # nnU-Net's GPU mode
     (AVX512_BF16, "mps", "fp32"),
 ])
@@ -72,13 +71,16 @@ def test_cpu_flags_parsing_and_this_machine():
     if cpuinfo.is_file():
         assert here.flags == parse_cpu_flags(cpuinfo.read_text())
         native = bool(here.flags & {"avx512_bf16", "amx_bf16"}) and here.torch_bf16
-        assert (resolve_precision("auto", "cpu") == "bf16") == native
+        assert here.native("bf16") == native and is_emulated("bf16", "cpu") == (not native)
+    assert resolve_precision("auto", "cpu") == "fp32"  # on this CPU too, whatever it has
 
 
 def test_resolving_imports_no_torch():
     code = ("import sys; from bidsapp.engine.precision import resolve_precision, CpuFeatures; "
             "f = CpuFeatures(True, False, 'AVX512', frozenset({'avx512_bf16'})); "
-            "assert resolve_precision('auto', 'cpu', f) == 'bf16'; assert 'torch' not in sys.modules")
+            "assert resolve_precision('auto', 'cpu', f) == 'fp32'; "
+            "assert resolve_precision('auto', 'cuda') == 'fp16'; "
+            "assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 
@@ -175,7 +177,7 @@ def test_native_bf16_weights_converted_once_and_emulation_models_it(tiny, monkey
         emu = emulated.predict(img)
         monkeypatch.setattr(precision, "cpu_features", lambda: AVX512_BF16)
         model = NnUNetModel.load(folder)
-        native = NnUNetPredictor(model)  # auto on a bf16 CPU
+        native = NnUNetPredictor(model, precision="bf16")  # asked for, on a bf16 CPU
         assert native.precision == "bf16" and not native.precision_emulated
         assert native._autocast is torch.bfloat16
         conv, norm = _conv_and_norm_params(native)

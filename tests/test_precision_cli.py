@@ -34,7 +34,8 @@ def _no_detection():
 def test_the_flag_takes_the_engine_precisions_default_auto(parser):
     action = next(a for a in parser._actions if "--precision" in a.option_strings)
     assert tuple(action.choices) == PRECISIONS == ("auto", "fp32", "bf16", "fp16")
-    assert action.default == "auto" and "avx512_bf16" in action.help
+    assert action.default == "auto" and "fp32 on every CPU" in action.help
+    assert "not SCT's masks" in action.help
 
 
 def test_a_bad_value_exits_64_naming_the_choices(tmp_path, capsys):
@@ -53,14 +54,11 @@ def test_a_bad_value_exits_64_naming_the_choices(tmp_path, capsys):
 
 # ---- resolved once, by the engine's rule ------------------------------------------------------------------
 def test_auto_resolves_by_the_engines_rule(monkeypatch):
-    monkeypatch.setattr(precision, "cpu_features", lambda: AVX512_BF16)
-    assert resolve_run_precision("auto", "cpu") == "bf16"
-    monkeypatch.setattr(precision, "cpu_features", lambda: AVX2)
-    assert resolve_run_precision("auto", "cpu") == "fp32"
+    for cpu in (AVX512_BF16, AVX2):  # SCT's float32 on every CPU, whatever it has
+        monkeypatch.setattr(precision, "cpu_features", lambda cpu=cpu: cpu)
+        assert resolve_run_precision("auto", "cpu") == "fp32"
     monkeypatch.undo()
-    # this machine, detected for real: bf16 only where the CPU has bfloat16 dot products
-    here = precision.cpu_features()
-    assert resolve_run_precision("auto", "cpu") == ("bf16" if here.native("bf16") else "fp32")
+    assert resolve_run_precision("auto", "cpu") == "fp32"  # this machine, for real
     # an explicit precision is kept and reads nothing (no CPU flags, no torch device)
     monkeypatch.setattr(precision, "cpu_features", _no_detection)
     for name in ("fp32", "bf16", "fp16"):
@@ -78,12 +76,14 @@ def test_auto_on_cuda_is_fp16_autocast(monkeypatch):
     assert resolve_run_precision("auto", "auto") == "fp32"
 
 
-@pytest.mark.parametrize(("features", "expected"), [(AVX512_BF16, "bf16"), (AVX2, "fp32")],
-                         ids=["bf16_cpu", "avx2_cpu"])
-def test_the_cli_resolves_once_into_settings(tmp_path, monkeypatch, features, expected):
+@pytest.mark.parametrize(("features", "asked", "expected"),
+                         [(AVX512_BF16, [], "fp32"), (AVX2, [], "fp32"),
+                          (AVX2, ["--precision", "bf16"], "bf16")],
+                         ids=["bf16_cpu", "avx2_cpu", "asked_bf16"])
+def test_the_cli_resolves_once_into_settings(tmp_path, monkeypatch, features, asked, expected):
     monkeypatch.setattr(precision, "cpu_features", lambda: features)
     args = cli.build_parser().parse_args([str(tmp_path), str(tmp_path / "out"), "participant",
-                                          "--device", "cpu", "--skip_bids_validator"])
+                                          "--device", "cpu", "--skip_bids_validator", *asked])
     got = cli._settings(args, tmp_path, tmp_path / "out")
     assert got.precision == expected
     assert runner.run_options(got).precision == expected  # every worker runs the resolved one
@@ -168,8 +168,6 @@ def _segment(image: Path, out: Path, *extra: str) -> tuple[bytes, bytes]:
     return mask.read_bytes(), soft.read_bytes()
 
 
-@pytest.mark.skipif(precision.resolve_precision("auto", "cpu") != "fp32",
-                    reason="auto is not fp32 on this CPU (it has bfloat16 dot products)")
 def test_fp32_is_byte_identical_to_the_default_run_here(one_image, tmp_path, caplog):
     _, image = one_image
     (tmp_path / "a").mkdir()

@@ -158,7 +158,7 @@ def roi_box_in_network_space(roi: np.ndarray, new_shape: Sequence[int], margin: 
 class NnUNetPredictor:
     """Built once per model / folds / device / TTA setting / precision; ``predict`` many images.
 
-    ``precision``: "auto" (bf16 on a CPU with bfloat16 instructions, fp16 on CUDA, fp32 otherwise:
+    ``precision``: "auto" (SCT's arithmetic: fp32 on every CPU, fp16 autocast on CUDA:
     :func:`precision.resolve_precision`), "fp32", "bf16" or "fp16". The one used is ``self.precision``
     (``self.precision_emulated``: True where the hardware lacks it, see ``precision.py``). A reduced
     precision converts the model's weights in place: a model object serves one precision.

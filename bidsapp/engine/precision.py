@@ -1,10 +1,13 @@
 """Which numeric precision the network runs in on a device, and how a reduced one is applied.
 
-``resolve_precision("auto", "cpu")`` is "bf16" only on a CPU with bfloat16 dot-product instructions
-(``avx512_bf16`` or AMX in ``/proc/cpuinfo``, and a torch build whose oneDNN uses them), "fp16" on CUDA
-(nnU-Net's own GPU mode: float16 autocast), "fp32" everywhere else. Machines differ: the flags are read
-on the machine that runs, never assumed. Importing this module imports no torch (the CLIs resolve a
-precision before loading anything); the detection and the network helpers import it when called.
+``resolve_precision("auto", device)`` is SCT 7.3's arithmetic on that device: "fp32" on a CPU (what SCT
+and nnU-Net compute there, whatever the CPU model, so a mask never depends on the node a job landed on)
+and "fp16" on CUDA (nnU-Net's own GPU mode: float16 autocast). bf16 and fp16 on a CPU run only when
+asked for: faster on some CPUs, not SCT's masks. Whether a CPU has the dot products that make them
+fast (``avx512_bf16`` / AMX in ``/proc/cpuinfo``, and a torch build whose oneDNN uses them) is read on the
+machine that runs, never assumed; without them they are emulated. Importing this module imports no
+torch (the CLIs resolve a precision before loading anything); the detection and the network helpers
+import it when called.
 
 How a reduced precision runs (``NnUNetPredictor`` applies it):
 
@@ -107,19 +110,14 @@ def _cuda_bf16() -> bool:
 
 def resolve_precision(requested: str, device: Any = "cpu", features: CpuFeatures | None = None) -> str:
     """The precision ("fp32", "bf16" or "fp16") to run ``requested`` in on ``device`` (a torch device
-    or its name, already resolved: "cpu", "cuda", "cuda:1", ...). "auto": bf16 on a CPU with native
-    bfloat16, fp16 on CUDA, fp32 otherwise; an explicit precision is kept (see :func:`is_emulated`).
-    ``features``: the CPU's (default: this machine's, detected once)."""
+    or its name, already resolved: "cpu", "cuda", "cuda:1", ...). "auto": SCT's arithmetic there, fp16
+    autocast on CUDA and fp32 everywhere else, on every CPU; an explicit precision is kept (see
+    :func:`is_emulated`). ``features`` is unused by "auto" (kept so callers can pass a CPU's)."""
     if requested not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {requested!r}")
     if requested != "auto":
         return requested
-    kind = _device_type(device)
-    if kind == "cuda":
-        return "fp16"
-    if kind == "cpu" and (features or cpu_features()).native("bf16"):
-        return "bf16"
-    return "fp32"
+    return "fp16" if _device_type(device) == "cuda" else "fp32"
 
 
 def is_emulated(precision: str, device: Any = "cpu", features: CpuFeatures | None = None) -> bool:
