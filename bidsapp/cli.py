@@ -121,6 +121,14 @@ def _add_lesion_options(p: argparse.ArgumentParser) -> None:
                      "on its corrected masks; the model's masks stay written; only read. A re-run "
                      "recomputes only the figures of images whose corrected files are new or changed "
                      "(no model re-run)")
+    les.add_argument("--disc-labels", "--disc_labels", type=Path, metavar="DIR",
+                     help="labels folder of disc labels (may be the --corrections folder): <image stem>"
+                     "_label-discs_dlabel, _label-disc, _labels-disc-manual, _labels-disc or "
+                     "_totalspineseg_discs, one voxel per disc valued as SCT's (3 = C2/C3, ...); another "
+                     "image's of the same session serves an image without its own. Gives each lesion its "
+                     "vertebral level (SCT 7.3's sct_label_vertebrae -discfile rule), the cord's level map "
+                     "(_desc-<suffix>Levels_dseg) and the group's lesion load per level; only read; a "
+                     "changed file redoes the figures only")
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -170,9 +178,10 @@ def _run(args: argparse.Namespace) -> int:
         raise _Exit("unknown_level", f"unknown analysis level {level!r}: use one of {', '.join(LEVELS)}")
     bids_dir, output_dir = _check_dirs(args.bids_dir, args.output_dir)
     corrections = _check_corrections(args.corrections)
+    disc_labels = _check_disc_labels(args.disc_labels)
     if level == "group":
         return _group(output_dir, skip_validation=args.skip_bids_validator, bids_dir=bids_dir,
-                      corrections=corrections)
+                      corrections=corrections, disc_labels=disc_labels)
     settings = _settings(args, bids_dir, output_dir)
     work = Path(tempfile.mkdtemp(prefix="cordlesion-")) if settings.work_dir is None else settings.work_dir
     saved = dict(os.environ)
@@ -200,12 +209,22 @@ def _check_corrections(folder: Path | None) -> Path | None:
     return folder.absolute()
 
 
+def _check_disc_labels(folder: Path | None) -> Path | None:
+    """``--disc-labels``: an existing folder (no dataset_description.json needed); only ever read."""
+    if folder is None:
+        return None
+    if not folder.is_dir():
+        raise _Exit("no_input", f"{folder}: --disc-labels is not a folder (the labels folder holding the "
+                    "disc labels, e.g. derivatives/labels)")
+    return folder.absolute()
+
+
 def _group(output_dir: Path, *, skip_validation: bool, bids_dir: Path | None = None,
-           corrections: Path | None = None) -> int:
+           corrections: Path | None = None, disc_labels: Path | None = None) -> int:
     from .group import run_group
 
-    # bids_dir: the source images the change registers; corrections: checked against the figures
-    code = run_group(output_dir, bids_dir=bids_dir, corrections=corrections)
+    # bids_dir: the source images the change registers; corrections, disc_labels: checked against the figures
+    code = run_group(output_dir, bids_dir=bids_dir, corrections=corrections, disc_labels=disc_labels)
     if not skip_validation:
         _validate_output(output_dir)
     return code
@@ -279,7 +298,7 @@ def _settings(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -> Set
         tta=args.tta, folds=flatten_folds(args.folds),
         crop=tasks.CROP_DEFAULT if args.crop is None else args.crop, ensemble=args.ensemble,
         cord=args.cord, drop_outside_cord=args.drop_outside_cord, precision=precision,
-        corrections=_check_corrections(args.corrections),
+        corrections=_check_corrections(args.corrections), disc_labels=_check_disc_labels(args.disc_labels),
         overwrite=args.overwrite,
         dry_run=args.dry_run,
         skip_bids_validator=args.skip_bids_validator, mem=args.mem, image_timeout=args.image_timeout,

@@ -107,6 +107,11 @@ class ImageNames:
     qc_record: str
     figures: dict[str, str]
     """QC view -> PNG path."""
+    levels: str | None = None
+    """The cord's vertebral level map (``--disc-labels``; tasks that write the cord, written with it):
+    ``<folder>/<source entities>_desc-<suffix>Levels_dseg.nii.gz``; ``levels_tsv``, ``levels_json`` beside."""
+    levels_tsv: str | None = None
+    levels_json: str | None = None
 
     def outputs(self) -> dict[str, str]:
         """The derivative images and sidecars: ``mask``, ``mask_json``, ``probseg``, ``probseg_json``
@@ -148,7 +153,13 @@ def image_names(source_relpath: str, task: str | tasks.Task) -> ImageNames:
         probseg_json=f"{base}_probseg.json", cord=cord and f"{cord}_mask.nii.gz",
         cord_json=cord and f"{cord}_mask.json", lesions_tsv=f"{base}_lesions.tsv",
         lesions_json=f"{base}_lesions.json", log=f"{logs}.log", settings=f"{logs}_settings.json",
-        qc_record=f"{qc}_qc.json", figures={view: f"{qc}_{view}.png" for view in QC_VIEWS})
+        qc_record=f"{qc}_qc.json", figures={view: f"{qc}_{view}.png" for view in QC_VIEWS},
+        **_level_names(f"{folder}/{entities}_desc-{suffix}Levels_dseg" if spec.writes_cord else None))
+
+
+def _level_names(stem: str | None) -> dict[str, str | None]:
+    return {"levels": stem and f"{stem}.nii.gz", "levels_tsv": stem and f"{stem}.tsv",
+            "levels_json": stem and f"{stem}.json"}
 
 
 # ----------------------------------------------------------------------------------------- atomic I/O

@@ -9,7 +9,7 @@ with the corrected file's path, sha256, author and date). Pure: images in, value
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import nibabel as nib
@@ -19,6 +19,8 @@ from .analysis.participant import LesionOutputs, lesion_outputs
 from .corrections import CORD, LESION, MODEL_SOURCE, NONE, Candidates, LabelKind, Loaded, source_of
 from .metrics import LesionStats, lesion_stats
 
+#: the ``Candidates`` entry of the disc label files (``--disc-labels``; ``vertlevels.DISCS``)
+DISCS_KEY = "discs"
 #: bumped when the figures of an unchanged mask would change: outputs recording another are refreshed
 FIGURES_VERSION = 1
 
@@ -36,8 +38,13 @@ def kinds_for(task: str | tasks.Task, cord_used: bool) -> tuple[LabelKind | None
 
 def figures_state(candidates: Candidates) -> dict[str, Any]:
     """What an image's figures depend on besides its model outputs (recorded in the mask sidecar as
-    ``Provenance.FiguresState``): the corrected files found for it, by name and checksum."""
-    return {"Version": FIGURES_VERSION, "Corrections": candidates.state()}
+    ``Provenance.FiguresState``): the corrected files found for it, by name and checksum, and with
+    ``--disc-labels`` (a ``discs`` entry, possibly empty) the disc label files of its session (``Discs``)."""
+    state = {kind: files for kind, files in candidates.state().items() if kind != DISCS_KEY}
+    out: dict[str, Any] = {"Version": FIGURES_VERSION, "Corrections": state}
+    if DISCS_KEY in candidates.files:
+        out["Discs"] = [[p.name, sha] for p, sha in candidates.files[DISCS_KEY]]
+    return out
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,8 @@ class Figures:
     """The per-lesion table (lesion tasks)."""
     source: dict[str, Any]
     """``mask_source`` of the QC record and the sidecar: ``mask``, ``cord``, ``refused``, ``notes``."""
+    levels: Any = None
+    """The image's vertebral levels (``vertlevels.ImageLevels``) with ``--disc-labels``, else None."""
 
     @property
     def manual(self) -> bool:
@@ -110,3 +119,16 @@ def measure(model: ModelMasks, loaded: Loaded = NONE, *, mask_kind: LabelKind | 
         if found:
             source["notes"].append(f"0 lesions after correction (the model found {found})")
     return Figures(measured, cord, stats, table, source)
+
+
+def with_levels(figures: Figures, levels: Any) -> Figures:
+    """The figures with the image's levels (``vertlevels.ImageLevels``): the lesion table gets the level
+    columns (``n/a`` where there are none) and their data dictionary entries."""
+    from .analysis.tables import LEVEL_DICTIONARY, add_columns
+
+    table = figures.table
+    if table is not None:
+        ids = [int(r.lesion_id) for r in table.analysis.lesions]
+        text = add_columns(table.table, list(LEVEL_DICTIONARY), levels.rows(ids))
+        table = replace(table, table=text, dictionary={**table.dictionary, **LEVEL_DICTIONARY})
+    return replace(figures, table=table, levels=levels)

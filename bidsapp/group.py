@@ -181,18 +181,48 @@ def stale_corrections(output_dir: Path, records: Sequence[Mapping[str, Any]], co
             continue
         block = rec.get("mask_source") if isinstance(rec.get("mask_source"), Mapping) else {}
         kinds = [k for k in kinds_for(str(rec["task"]), cord_used=bool(block.get("cord"))) if k is not None]
-        found = figures_state(find_candidates(corrections, str(rec["source"]), kinds))
-        if (read_provenance(output_dir / mask_json) or {}).get("FiguresState") != found:
+        found = figures_state(find_candidates(corrections, str(rec["source"]), kinds))["Corrections"]
+        recorded = (read_provenance(output_dir / mask_json) or {}).get("FiguresState") or {}
+        if recorded.get("Corrections") != found:
             stale.append(f"{rec['source']} ({rec['task']})")
     return stale
 
 
+def stale_discs(output_dir: Path, records: Sequence[Mapping[str, Any]], disc_labels: Path) -> list[str]:
+    """The images whose session's disc label files in ``disc_labels`` are not those their levels were
+    computed from (or that have none computed): ``"<source> (<task>)"``."""
+    from .derivatives import read_provenance
+    from .vertlevels import disc_files
+
+    stale = []
+    for rec in records:
+        mask_json = (rec.get("outputs") or {}).get("mask_json")
+        if rec.get("status") != "ok" or not mask_json or not tasks.get(str(rec.get("task"))).lesion_table:
+            continue
+        files = [[p.name, sha] for p, sha in disc_files(disc_labels, str(rec["source"]))]
+        recorded = (read_provenance(output_dir / mask_json) or {}).get("FiguresState") or {}
+        if recorded.get("Discs") != files:
+            stale.append(f"{rec['source']} ({rec['task']})")
+    return stale
+
+
+def _warn_stale_discs(root: Path, records: Sequence[Mapping[str, Any]],
+                      disc_labels: str | Path | None) -> None:
+    stale = stale_discs(root, records, Path(disc_labels)) if disc_labels else []
+    if stale:
+        log.warning("%d image(s) have disc labels in %s that their levels were not computed from: re-run the "
+                    "participant level with --disc-labels %s (it redoes their figures only, no model): %s",
+                    len(stale), disc_labels, disc_labels,
+                    "; ".join(stale[:5]) + (" ..." if len(stale) > 5 else ""))
+
+
 def run_group(output_dir: str | Path, bids_dir: str | Path | None = None,
-              corrections: str | Path | None = None) -> int:
+              corrections: str | Path | None = None, disc_labels: str | Path | None = None) -> int:
     """Build ``group/lesions.tsv`` + ``lesions.json``, the study's lesion tables, the model masks to correct
     (``corrections.LABELS_DIR``) and ``qc/index.html`` from output_dir (``bids_dir``: the source images, for
     the change between sessions; ``corrections``: the labels folder the participant level read, checked
     against what each image's figures were measured on); exit code."""
+    from .analysis.level_tables import write_level_tables
     from .analysis.study import page_lesions, write_study
     from .corrections import write_correction_labels
 
@@ -207,6 +237,7 @@ def run_group(output_dir: str | Path, bids_dir: str | Path | None = None,
         atomic_write_json(root / DICTIONARY_PATH, DATA_DICTIONARY)
         analysis = write_study(root, bids_dir, [e.record for e in entries])
         write_correction_labels(root, [e.record for e in entries])
+        write_level_tables(root, [(table_row(e), e.record) for e in entries])
         paths = {"output_dir": str(root.absolute()), **({"bids_dir": str(bids_dir)} if bids_dir else {}),
                  **({"corrections": str(corrections)} if corrections else {})}
         index = write_index(root, entries, study=_study_name(root), paths=paths,
@@ -224,6 +255,7 @@ def run_group(output_dir: str | Path, bids_dir: str | Path | None = None,
                     "changed or removed since the participant level): re-run the participant level with "
                     "--corrections %s (it redoes their figures only, no model): %s", len(stale), corrections,
                     corrections, "; ".join(stale[:5]) + (" ..." if len(stale) > 5 else ""))
+    _warn_stale_discs(root, [e.record for e in entries], disc_labels)
     if analysis.failed_pairs:
         log.warning("%d session pair(s) without a change table (see group/new_enlarging.tsv): %s",
                     len(analysis.failed_pairs), "; ".join(analysis.failed_pairs[:3]))

@@ -16,9 +16,18 @@ from typing import Any
 
 import nibabel as nib
 
-from . import derivatives, tasks
+from . import derivatives, tasks, vertlevels
 from .corrections import NONE, Candidates, LabelKind, find_candidates, load_corrections
-from .figures import Figures, ModelMasks, figures_state, kinds_for, measure, model_table
+from .figures import (
+    DISCS_KEY,
+    Figures,
+    ModelMasks,
+    figures_state,
+    kinds_for,
+    measure,
+    model_table,
+    with_levels,
+)
 
 __all__ = ["Figures", "NO_CANDIDATES", "candidates", "figure_provenance", "figures_fresh", "job_kinds",
            "measure_job", "model_masks", "refresh", "write_qc", "write_table"]
@@ -36,11 +45,14 @@ def job_kinds(job: Job, settings: Settings) -> tuple[LabelKind | None, LabelKind
 
 
 def candidates(job: Job, settings: Settings) -> Candidates:
-    """The corrected files of the job's image in ``--corrections`` (none without it), hashed."""
+    """The corrected files of the job's image in ``--corrections`` (none without it), hashed; with
+    ``--disc-labels``, for a lesion task, the disc label files of its session too (``DISCS_KEY``)."""
     kinds = [k for k in job_kinds(job, settings) if k is not None]
-    if settings.corrections is None or not kinds:
-        return NO_CANDIDATES
-    return find_candidates(settings.corrections, job.source.relpath, kinds)
+    files = dict(find_candidates(settings.corrections, job.source.relpath, kinds).files) \
+        if settings.corrections is not None and kinds else {}
+    if settings.disc_labels is not None and tasks.get(job.task).lesion_table:
+        files[DISCS_KEY] = vertlevels.disc_files(settings.disc_labels, job.source.relpath)
+    return Candidates(files) if files else NO_CANDIDATES
 
 
 def figures_fresh(output_dir: Path, job: Job, found: Candidates) -> bool:
@@ -76,7 +88,21 @@ def measure_job(img: nib.Nifti1Image, job: Job, settings: Settings, model: Model
                       drop_outside_cord=settings.drop_outside_cord)
     for note in figures.source["notes"]:
         log.info("%s: %s", job.name, note)
+    if DISCS_KEY in found.files and settings.disc_labels is not None and figures.table is not None:
+        levels = vertlevels.image_levels(img, job.source.relpath, cord=figures.cord, mask=figures.mask,
+                                         files=found.files[DISCS_KEY],
+                                         roots=(settings.disc_labels, settings.bids_dir))
+        if levels.error:
+            log.warning("%s: disc labels refused, its levels are n/a: %s", job.name, levels.error)
+        elif levels.available:
+            log.info("%s: vertebral levels %s from %s", job.name, _span(levels), levels.labels_path)
+        figures = with_levels(figures, levels)
     return figures
+
+
+def _span(levels: vertlevels.ImageLevels) -> str:
+    names = levels.record()["covered"]
+    return f"{names[0]}-{names[-1]}" if names else "none"
 
 
 def figure_provenance(figures: Figures, found: Candidates) -> dict[str, Any]:
@@ -85,18 +111,48 @@ def figure_provenance(figures: Figures, found: Candidates) -> dict[str, Any]:
     source = dict(figures.source)
     if figures.manual and figures.table is not None:  # the table of the corrected mask (its drop)
         source["LesionTable"] = figures.table.provenance["LesionTable"]
-    return {"LesionCount": int(figures.stats.count),
-            "LesionVolumeMm3": round(float(figures.stats.total_mm3), 3),
-            "MaskSource": source, "FiguresState": figures_state(found)}
+    out = {"LesionCount": int(figures.stats.count),
+           "LesionVolumeMm3": round(float(figures.stats.total_mm3), 3),
+           "MaskSource": source, "FiguresState": figures_state(found)}
+    if figures.levels is not None:
+        record = figures.levels.record()
+        out["VertebralLevels"] = {k: record[k] for k in ("covered", "source", "drawn_on", "shared", "error")}
+    return out
 
 
 def write_table(settings: Settings, job: Job, figures: Figures) -> None:
-    """The per-lesion table of the mask measured, and its data dictionary (lesion tasks)."""
+    """The per-lesion table of the mask measured, and its data dictionary (lesion tasks); the cord's
+    level map with ``--disc-labels`` (:func:`write_levels`)."""
     if figures.table is None:
         return
     out = settings.output_dir
     derivatives.atomic_write_bytes(out / job.names.lesions_tsv, figures.table.table.encode("utf-8"))
     derivatives.atomic_write_json(out / job.names.lesions_json, figures.table.dictionary)
+    write_levels(settings, job, figures)
+
+
+def level_files(job: Job) -> dict[str, str]:
+    """The level map's files this job writes: those of the job that writes the image's cord mask."""
+    names = job.names
+    if "cord" not in job.outputs or not (names.levels and names.levels_tsv and names.levels_json):
+        return {}
+    return {"levels": names.levels, "levels_tsv": names.levels_tsv, "levels_json": names.levels_json}
+
+
+def write_levels(settings: Settings, job: Job, figures: Figures) -> None:
+    """The cord's level map (``_dseg.nii.gz``, ``.tsv``, ``.json``) when the image has levels; a map of
+    an earlier run whose labels are now gone or refused is removed (it would not match the tables)."""
+    files, levels, out = level_files(job), figures.levels, settings.output_dir
+    if not files:
+        return
+    if levels is None or not levels.available:
+        for rel in files.values():
+            (out / rel).unlink(missing_ok=True)
+        return
+    derivatives.atomic_save_nifti(levels.cord_map, out / files["levels"])
+    derivatives.atomic_write_bytes(out / files["levels_tsv"], vertlevels.dseg_tsv(levels).encode("utf-8"))
+    sidecar = vertlevels.dseg_sidecar(levels, job.source.relpath)
+    derivatives.atomic_write_json(out / files["levels_json"], sidecar)
 
 
 def write_qc(settings: Settings, job: Job, models: Mapping[str, Any], runtime_s: float, *,
@@ -109,16 +165,25 @@ def write_qc(settings: Settings, job: Job, models: Mapping[str, Any], runtime_s:
     qc_job = QcJob(source_relpath=job.source.relpath, task=job.task,
                    model_release=getattr(model, "release", None), demo=bool(getattr(model, "demo", False)),
                    runtime_s=runtime_s, outputs=job.outputs,
-                   mask_source=shown[1].source if shown is not None else None)
+                   mask_source=shown[1].source if shown is not None else None,
+                   levels=_levels_record(job, shown[1] if shown is not None else None))
     if error is None and shown is not None:
         img, figures = shown
+        level_map = figures.levels.cord_map if figures.levels is not None else None
         write_image_qc(settings.output_dir, qc_job, image=img, mask=figures.mask, cord=figures.cord,
-                       stats=figures.stats)
+                       stats=figures.stats, levels=level_map)
         return
     try:
         write_image_qc(settings.output_dir, qc_job, error=error)
     except Exception as exc:  # the image's own failure is what gets reported
         log.warning("%s: QC record of the failure not written (%s)", job.name, exc)
+
+
+def _levels_record(job: Job, figures: Figures | None) -> dict[str, Any] | None:
+    """The QC record's ``levels`` block (None without ``--disc-labels``)."""
+    if figures is None or figures.levels is None:
+        return None
+    return figures.levels.record(level_files(job) if figures.levels.available else None)
 
 
 # ----------------------------------------------------------------------------------- figures only

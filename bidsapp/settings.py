@@ -79,6 +79,9 @@ class Settings:
     """``--corrections``: the labels folder of corrected masks the figures are measured on (only read;
     what it holds for an image is part of the up-to-date state of that image's figures, not of its
     model outputs)."""
+    disc_labels: Path | None = None
+    """``--disc-labels``: the labels folder whose disc labels give each image's vertebral levels (only read;
+    like ``corrections``, part of the up-to-date state of the figures, not of the model outputs)."""
     precision: str = "fp32"
     """The network precision the run uses (``fp32``, ``bf16``, ``fp16``): ``--precision`` resolved once by the
     CLI (:func:`resolve_run_precision`), so every worker and the up-to-date check see the same one."""

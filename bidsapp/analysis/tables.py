@@ -14,6 +14,7 @@ from typing import Any
 from ..derivatives import atomic_write_bytes, atomic_write_json
 from .change import ChangeRules, LesionChange, SessionChange
 from .lesions import LesionAnalysis, LesionMeasures
+from .levels.names import LEVEL_NAMES
 
 NA = "n/a"
 _WITH_CORD = " With a cord mask only (n/a without)."
@@ -80,6 +81,26 @@ SOURCE_DICTIONARY: dict[str, dict[str, Any]] = {
                     "Levels": dict(_SOURCE_LEVELS)},
     "cord_source": {**_col("Cord mask source", "Which cord mask the cord-relative figures used; n/a without "
                                                "a cord mask."), "Levels": dict(_SOURCE_LEVELS)},
+}
+_NO_LEVEL = (" n/a without disc labels for the image (--disc-labels), when they were refused (the reason: the"
+             " QC record and the log), or when none of the lesion's voxels has a level.")
+#: the vertebral level columns (issue 25, ``--disc-labels``; cells from ``analysis.levels.LesionLevels``)
+_VERT_LEVEL = ("The level holding most of the lesion's voxels (a tie: the superior one). Every lesion voxel "
+               "takes the level of its nearest point of the cord's centreline, by SCT 7.3's "
+               "sct_label_vertebrae -discfile rule (level k runs from disc k down to disc k+1).")
+_EXTRAPOLATED = ("Some of the lesion's voxels lie more than one disc spacing beyond the outermost disc used, "
+                 "where the rule only repeats the last level: a guess there.")
+LEVEL_DICTIONARY: dict[str, dict[str, Any]] = {
+    "vert_level": {**_col("Vertebral level", _VERT_LEVEL + _NO_LEVEL),
+                   "Levels": {name: f"vertebra {name}" for name in LEVEL_NAMES.values()}},
+    "vert_levels": _col("Vertebral levels touched", "Every level the lesion's voxels lie at, superior first, "
+                                                   "comma-separated." + _NO_LEVEL),
+    "vert_level_fractions": _col("Fraction of the lesion at each level",
+                                 "Fraction of the lesion's levelled voxels at each level of vert_levels, "
+                                 "same order, comma-separated." + _NO_LEVEL),
+    "vert_level_extrapolated": {**_col("Level extrapolated", _EXTRAPOLATED + _NO_LEVEL),
+                                "Levels": {"true": "beyond the labelled discs",
+                                           "false": "between the labelled discs or within one spacing"}},
 }
 CHANGE_SOURCE_DICTIONARY: dict[str, dict[str, Any]] = {
     "mask_source": {**_col("Follow-up lesion mask source", "Which follow-up lesion mask was compared."),
@@ -194,6 +215,17 @@ def change_tsv(change: SessionChange, sources: Mapping[str, str | None] | None =
     if sources is None:
         return tsv(LesionChange.columns(), rows)
     return tsv([*LesionChange.columns(), *CHANGE_SOURCE_DICTIONARY], [{**row, **sources} for row in rows])
+
+
+def add_columns(text: str, columns: Sequence[str], cells: Sequence[Mapping[str, str]]) -> str:
+    """A TSV text with ``columns`` appended: ``cells`` holds one mapping per data row, in order."""
+    lines = text.rstrip("\n").split("\n")
+    if len(lines) - 1 != len(cells):
+        raise ValueError(f"{len(cells)} rows of cells for a table of {len(lines) - 1} rows")
+    out = ["\t".join([lines[0], *columns])]
+    for line, row in zip(lines[1:], cells, strict=True):
+        out.append("\t".join([line, *(format_value(row.get(c)) for c in columns)]))
+    return "\n".join(out) + "\n"
 
 
 def write_table(path: str | Path, text: str, dictionary: Mapping[str, Any]) -> Path:

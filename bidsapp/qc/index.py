@@ -92,7 +92,28 @@ def page_row(output_dir: Path, entry: Entry, lesions: Sequence[Mapping[str, Any]
         "fig": _figures(output_dir, rec.get("figures") or {}),
         "les": list(lesions or []),
         "new": _new_count(lesions),
+        **_levels(rec),
     }
+
+
+def _levels(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """The image's level span (``C2-C7``) and why its disc labels were refused (``--disc-labels``)."""
+    block = rec.get("levels") if rec.get("status") == "ok" else None
+    if not isinstance(block, Mapping):
+        return {"lv": None, "lverr": None}
+    covered = list(block.get("covered") or [])
+    span = (covered[0] if len(covered) == 1 else f"{covered[0]}-{covered[-1]}") if covered else None
+    return {"lv": span, "lverr": block.get("error")}
+
+
+def level_load(entries: Sequence[Entry]) -> list[dict[str, Any]]:
+    """The study's lesion load by level for the page's plot (``analysis.level_tables``'s summary)."""
+    from ..analysis.level_tables import level_rows, summary_rows
+
+    rows = level_rows([({}, e.record) for e in entries if "levels" in e.record])
+    return [{"level": r["level"], "cov": r["images_covering"], "n": r["lesion_count"],
+             "vol": r["lesion_volume_mm3"], "per": r["volume_per_covering_image_mm3"]}
+            for r in summary_rows(rows)]
 
 
 def _new_count(lesions: Sequence[Mapping[str, Any]] | None) -> int | None:
@@ -141,7 +162,8 @@ def render_index(output_dir: Path, entries: Sequence[Entry], *, study: str,
     n_failed = sum(r["st"] == "failed" for r in rows)
     sessions, series = trajectories(rows)
     data = {"study": study, "page_size": PAGE_SIZE, "n_subjects": n_subjects, "n_failed": n_failed,
-            "rows": rows, "sessions": sessions, "series": series, "paths": dict(paths or {})}
+            "rows": rows, "sessions": sessions, "series": series, "paths": dict(paths or {}),
+            "levels": level_load(entries)}
     js, css = _asset("plots.js") + "\n" + _asset("index.js"), _asset("index.css")
     if "</" in js or "</" in css:  # our own files: a closing tag would end the inline block
         raise ValueError("index.js / index.css must not contain '</'")

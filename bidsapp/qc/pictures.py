@@ -159,15 +159,19 @@ def _sagittal_size(plane_shape: tuple[int, int], zooms: tuple[float, float, floa
 
 
 def render_image_qc(image: nib.Nifti1Image, mask: nib.Nifti1Image,
-                    cord: nib.Nifti1Image | None = None) -> dict[str, bytes]:
+                    cord: nib.Nifti1Image | None = None, *,
+                    levels: nib.Nifti1Image | None = None) -> dict[str, bytes]:
     """QC pictures of one image and its lesion mask, as PNG bytes keyed by view name.
 
     Views: ``axial`` and ``axialoverlay`` (mosaic over the cord extent: every slice holding lesion plus
     evenly spaced cord slices, each cropped around the cord), ``sagittal`` and ``sagittaloverlay``
     (through the cord centre and the slices richest in lesion), ``thumb`` (one overlay tile, for tables).
-    The chosen slices (RAS indices) are stored in each PNG's ``cordlesion:*`` text chunks.
+    The chosen slices (RAS indices) are stored in each PNG's ``cordlesion:*`` text chunks. ``levels``: the
+    cord's vertebral level map (``--disc-labels``): the sagittal views get a column of level names, one
+    band per level (``cordlesion:levels``: ``name:first z-last z`` per band, RAS slices).
     """
     data, les, crd, zooms = _ras(image, mask, cord)
+    lvl = _ras_levels(image, levels)
     zs, planes, lesions, cords = _axial_parts(data, les, crd, zooms)
     win = _intensity_window(planes)
     axial_letters = ("A", "P", "R", "L")
@@ -183,11 +187,48 @@ def render_image_qc(image: nib.Nifti1Image, mask: nib.Nifti1Image,
             best = int(np.argmax([les_.sum() for les_ in lesions])) if les.any() else len(tiles) // 2
             out["thumb"] = _png(tiles[best].resize((THUMB_PX, THUMB_PX), Image.LANCZOS),
                                 {"cordlesion:axial_slices": str(zs[best])})
-    out.update(_sagittal(data, les, crd, zooms, win))
+    out.update(_sagittal(data, les, crd, zooms, win, lvl))
     return {view: out[view] for view in VIEWS}
 
 
-def _sagittal(data, les, crd, zooms, win) -> dict[str, bytes]:
+def _ras_levels(image: nib.Nifti1Image, levels: nib.Nifti1Image | None) -> np.ndarray | None:
+    if levels is None or levels.shape[:3] != image.shape[:3]:
+        return None
+    data, _ = to_orientation(np.asanyarray(levels.dataobj).astype(np.int16), image.affine, ("R", "A", "S"))
+    return np.ascontiguousarray(data)
+
+
+def level_bands(levels: np.ndarray, z_lo: int, z_hi: int) -> list[tuple[int, int, int]]:
+    """(first z, last z, level) of each run of RAS axial slices whose cord voxels mostly hold one level,
+    between ``z_lo`` and ``z_hi`` (exclusive), inferior first."""
+    bands: list[tuple[int, int, int]] = []
+    for z in range(max(0, z_lo), min(levels.shape[2], z_hi)):
+        values = levels[:, :, z][levels[:, :, z] > 0]
+        if values.size == 0:
+            continue
+        value = int(np.bincount(values).argmax())
+        if bands and bands[-1][2] == value and bands[-1][1] == z - 1:
+            bands[-1] = (bands[-1][0], z, value)
+        else:
+            bands.append((z, z, value))
+    return bands
+
+
+def _draw_levels(tile: Image.Image, bands: list[tuple[int, int, int]], z_hi: int, n_z: int) -> None:
+    """A column of level names at the tile's right edge, a band (alternating colours) per level."""
+    from ..analysis.levels import level_name
+
+    draw, font = ImageDraw.Draw(tile), _font(11)
+    w, h = tile.size
+    style = {"font": font, "fill": (255, 255, 255), "stroke_width": 2, "stroke_fill": (0, 0, 0)}
+    for i, (z0, z1, value) in enumerate(bands):  # display rows S..I: row of z is z_hi - 1 - z
+        top, bottom = (z_hi - 1 - z1) * h / n_z, (z_hi - z0) * h / n_z
+        draw.rectangle((w - 6, top, w - 1, bottom - 1), fill=SKY_BLUE if i % 2 else (240, 228, 66))
+        if bottom - top >= 10:
+            draw.text((w - 9, (top + bottom) / 2), level_name(value), anchor="rm", **style)
+
+
+def _sagittal(data, les, crd, zooms, win, lvl=None) -> dict[str, bytes]:
     xs = layout.choose_sagittal_slices(les, crd)
     sw = layout.sagittal_window(les, crd, zooms)
     planes = [_sagittal_display(layout.crop(data[x], sw, float(data.min()))) for x in xs]
@@ -196,9 +237,16 @@ def _sagittal(data, les, crd, zooms, win) -> dict[str, bytes]:
     size = _sagittal_size(planes[0].shape, zooms)
     captions = [f"x{x}" for x in xs]
     meta = {"cordlesion:sagittal_slices": ",".join(map(str, xs))}
+    bands = level_bands(lvl, sw.lo[1], sw.hi[1]) if lvl is not None else []
+    if bands:
+        from ..analysis.levels import level_name
+
+        meta["cordlesion:levels"] = ",".join(f"{level_name(v)}:{a}-{b}" for a, b, v in bands)
     out = {}
     for view, overlay in (("sagittal", False), ("sagittaloverlay", True)):
         tiles = _tiles(planes, lesions, cords, size, win, ("S", "I", "A", "P"), captions, overlay)
+        for tile in tiles if bands else ():
+            _draw_levels(tile, bands, sw.hi[1], sw.hi[1] - sw.lo[1])
         # Tall panels (sagittal scans) side by side; flat ones (axial scans, few slices) stacked.
         grid = _grid(tiles, len(tiles) if size[1] >= size[0] else 1)
         out[view] = _png(grid if overlay else grid.convert("L"), meta)

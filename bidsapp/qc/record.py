@@ -66,6 +66,8 @@ class QcJob:
     mask_source: Mapping[str, Any] | None = None
     """What the figures were computed from (``corrections.mask_source_block``); None: no record of it
     (a failed image)."""
+    levels: Mapping[str, Any] | None = None
+    """The image's vertebral levels (``vertlevels.ImageLevels.record``) with ``--disc-labels``."""
 
 
 def build_record(job: QcJob, *, status: str = "ok", error: str | None = None,
@@ -96,5 +98,7 @@ def build_record(job: QcJob, *, status: str = "ok", error: str | None = None,
     }
     if job.mask_source is not None:
         record["mask_source"] = dict(job.mask_source)
+    if job.levels is not None and not failed:
+        record["levels"] = dict(job.levels)
     record_validator().validate(record)
     return record

@@ -18,13 +18,15 @@ log = logging.getLogger(__name__)
 
 def write_image_qc(output_dir: str | Path, job: QcJob, *, image: nib.Nifti1Image | None = None,
                    mask: nib.Nifti1Image | None = None, cord: nib.Nifti1Image | None = None,
-                   stats: LesionStats | None = None, error: str | None = None) -> dict[str, Any]:
+                   stats: LesionStats | None = None, error: str | None = None,
+                   levels: nib.Nifti1Image | None = None) -> dict[str, Any]:
     """Write the QC pictures (when there is a mask) and then the QC record of one image; return the record.
 
     ``error`` set means the image failed: only a ``failed`` record is written. ``stats``: the mask's
     lesion figures when the caller has them (computed here otherwise). A failure to DRAW the pictures
     does not fail the image: the record keeps the lesion figures and says why in ``qc_error``. The
-    record is written last, so its presence means the pictures beside it are complete.
+    record is written last, so its presence means the pictures beside it are complete. ``levels``: the
+    cord's level map (``--disc-labels``), named beside the cord on the sagittal views.
     """
     out = Path(output_dir)
     names = qc_names(job.source_relpath, job.task)
@@ -36,7 +38,7 @@ def write_image_qc(output_dir: str | Path, job: QcJob, *, image: nib.Nifti1Image
         stats = lesion_stats(mask) if stats is None else stats
         figures, qc_error = {}, None
         try:
-            for view, png in render_image_qc(image, mask, cord).items():
+            for view, png in render_image_qc(image, mask, cord, levels=levels).items():
                 atomic_write_bytes(out / names[view], png)
                 figures[view] = names[view]
         except Exception as exc:  # pictures are a convenience; the segmentation itself succeeded

@@ -10,7 +10,7 @@
   const COLUMNS = [
     ["thumb", ""], ["sub", "Subject"], ["ses", "Session"], ["acq", "Acq"], ["run", "Run"], ["con", "Contrast"],
     ["task", "Task"], ["n", "Lesions"], ["tot", "Total mm\u00b3"], ["max", "Largest mm\u00b3"], ["new", "New"],
-    ["ms", "Mask"], ["st", "Status"], ["rating", "Rating"], ["err", "Error"],
+    ["lv", "Levels"], ["ms", "Mask"], ["st", "Status"], ["rating", "Rating"], ["err", "Error"],
   ];
   const NUMERIC = new Set(["n", "tot", "max", "new"]);
   const COLLATOR = new Intl.Collator(undefined, {numeric: true});   // one collator: localeCompare builds one per call
@@ -157,6 +157,7 @@
     for (const key of ["sub", "ses", "acq", "run", "con", "task"]) cell(tr, fmt(row[key]));
     for (const key of ["n", "tot", "max"]) cell(tr, fmt(row[key]), "num");
     cell(tr, fmt(row.new), row.new ? "num new-lesions" : "num");   // new lesions at a follow-up session
+    cell(tr, row.lv || (row.lverr ? "refused" : "n/a"), row.lverr ? "levels-refused" : "");  // --disc-labels span
     cell(tr, row.ms === "manual" ? "corrected" : fmt(row.ms), "src-" + row.ms);
     cell(tr, row.st, "status-" + row.st);
     const rating = ratingOf(row);
@@ -439,6 +440,7 @@
     renderHead();
     PLOTS.renderPlot();
     PLOTS.renderTrajectories();
+    PLOTS.renderLevels();
     refresh();
     updateSummary();
   }

@@ -109,5 +109,33 @@ function cordlesionPlots({data, fmt, title, open, $}) {
                          trajectoryPlot("tot", "Total lesion volume per session (mm\u00b3, log scale)", true));
   }
 
-  return {renderPlot, renderTrajectories};
+  // ---------------------------------------------------------------------------------- levels
+  // The study's lesion load by vertebral level (group/levels_summary.tsv): one bar per level, superior first,
+  // lesion volume per image covering the level; hidden without --disc-labels.
+  function renderLevels() {
+    const levels = data.levels || [];
+    if (!levels.length) return;
+    $("levels-section").hidden = false;
+    const W = Math.max(360, 34 * levels.length + 70), H = 200, L = 56, B = 28, T = 10;
+    const top = Math.max(1, ...levels.map((l) => l.per || 0));
+    const y = (v) => T + (H - T - B) * (1 - v / top);
+    const root = svg("svg", {width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img",
+                             "aria-label": "lesion volume per covering image, by vertebral level"});
+    for (const v of [0, top / 2, top]) {
+      svg("line", {x1: L - 4, x2: W - 5, y1: y(v), y2: y(v), class: "grid"}, root);
+      svg("text", {x: L - 7, y: y(v) + 4, "text-anchor": "end", class: "tick"}, root).textContent = fmt(v);
+    }
+    const band = (W - L - 10) / levels.length;
+    levels.forEach((l, k) => {
+      const x = L + band * k;
+      svg("text", {x: x + band / 2, y: H - 8, "text-anchor": "middle", class: "tick"}, root).textContent = l.level;
+      const bar = svg("rect", {x: x + band * 0.15, y: y(l.per || 0), width: band * 0.7,
+                               height: Math.max(0, H - B - y(l.per || 0)), class: "dot"}, root);
+      svg("title", {}, bar).textContent = `${l.level}: ${fmt(l.vol)} mm\u00b3 in ${l.cov} image(s) covering it ` +
+        `(${fmt(l.per)} mm\u00b3 per image), ${l.n} lesion(s)`;
+    });
+    $("levels-plot").replaceChildren(root);
+  }
+
+  return {renderPlot, renderTrajectories, renderLevels};
 }
