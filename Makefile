@@ -46,8 +46,9 @@ test-sct: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m bidsapp.demo $(DEMO_DIR)/bids --subjects $(DEMO_SUBJECTS) --seed 1
 	$(PY) run.py $(DEMO_DIR)/bids $(DEMO_DIR)/cordlesion participant --demo --nprocs $(DEMO_NPROCS) \
-		--omp-nthreads 1 -w $(DEMO_DIR)/work
-	$(PY) run.py $(DEMO_DIR)/bids $(DEMO_DIR)/cordlesion group -w $(DEMO_DIR)/work
+		--omp-nthreads 1 -w $(DEMO_DIR)/work --disc-labels $(DEMO_DIR)/bids/derivatives/labels
+	$(PY) run.py $(DEMO_DIR)/bids $(DEMO_DIR)/cordlesion group -w $(DEMO_DIR)/work \
+		--disc-labels $(DEMO_DIR)/bids/derivatives/labels
 	@echo ""
 	@echo "Input phantom dataset:  $(abspath $(DEMO_DIR))/bids (ground truth in derivatives/groundtruth)"
 	@echo "Lesion derivatives:     $(abspath $(DEMO_DIR))/cordlesion/sub-*/**/anat/*_label-lesion_*"
@@ -56,6 +57,8 @@ demo: $(STAMP)
 		echo "QC index:               $(abspath $(DEMO_DIR))/cordlesion/qc/index.html"; fi
 	@if [ -f $(DEMO_DIR)/cordlesion/group/lesions.tsv ]; then \
 		echo "Lesion table:           $(abspath $(DEMO_DIR))/cordlesion/group/lesions.tsv"; fi
+	@if [ -f $(DEMO_DIR)/cordlesion/group/lesion_levels.tsv ]; then \
+		echo "Lesion load per level:  $(abspath $(DEMO_DIR))/cordlesion/group/lesion_levels.tsv"; fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

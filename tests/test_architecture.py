@@ -20,6 +20,7 @@ FLOORS = {
     "bidsapp.legacy": 2, "bidsapp.plan": 2, "bidsapp.qc": 2, "bidsapp.analysis": 2, "bidsapp.guards": 2,
     "bidsapp.postprocess": 2, "bidsapp.boxes": 2, "bidsapp.corrections": 2,
     "bidsapp.pipelines": 3, "bidsapp.figures": 3, "bidsapp.group": 3, "bidsapp.analyze": 3,
+    "bidsapp.vertlevels": 3,
     "bidsapp.runner": 4, "bidsapp.segment": 4,
     "bidsapp.cli": 5,
     "bidsapp.brainlife": 6, "bidsapp.demo": 6,
