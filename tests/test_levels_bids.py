@@ -1,6 +1,6 @@
-"""Issue 25 end to end: ``run.py participant`` and ``group`` with ``--disc-labels`` on the phantom dataset (demo
-models): each image's level map against the phantom's TRUE levels, each lesion's ``vert_level`` against the
-true levels of its voxels, the group per-level table (sums, ``n/a`` outside the field of view), the QC record
+"""Issue 25 end to end: ``run.py participant`` and ``group`` with ``--disc-labels`` on the phantom dataset
+(demo models): each image's level map against the phantom's TRUE levels, each lesion's ``vert_level``
+against the true levels of its voxels, the group per-level table (sums, ``n/a`` outside the field of view), the QC record
 and page, validator 0 errors; then re-runs: unchanged (nothing), a changed disc file (that session's figures
 only), and each refusal with the line a user reads (levels ``n/a``, masks kept)."""
 from __future__ import annotations
@@ -161,7 +161,8 @@ def test_group_table_sums_to_each_images_lesions_and_is_na_outside_the_field_of_
         if covered:  # volumes and counts sum to the image's own totals
             assert sum(float(r["lesion_volume_mm3"]) for r in rows if r["level"] in covered) == \
                 pytest.approx(float(image["total_lesion_volume_mm3"]), abs=0.01)
-            assert sum(int(r["lesion_count"]) for r in rows if r["level"] in covered) == int(image["lesion_count"])
+            counts = [int(r["lesion_count"]) for r in rows if r["level"] in covered]
+            assert sum(counts) == int(image["lesion_count"])
         else:
             assert image["participant_id"] == "sub-02"
     summary = _group_rows(out, "levels_summary.tsv")
@@ -169,8 +170,8 @@ def test_group_table_sums_to_each_images_lesions_and_is_na_outside_the_field_of_
     for row in summary:
         at = [r for r in levels if r["level"] == row["level"] and r["lesion_count"] != "n/a"]
         assert int(row["images_covering"]) == len(at)
-        assert float(row["lesion_volume_mm3"]) == pytest.approx(sum(float(r["lesion_volume_mm3"]) for r in at),
-                                                                abs=0.01)
+        total = sum(float(r["lesion_volume_mm3"]) for r in at)
+        assert float(row["lesion_volume_mm3"]) == pytest.approx(total, abs=0.01)
     for name in ("lesion_levels.json", "levels_summary.json"):
         assert "level" in json.loads((out / "group" / name).read_text())
 
@@ -202,7 +203,8 @@ def test_qc_record_pictures_and_page_show_the_levels(run):
     spans = {r["src"]: r["lv"] for r in data["rows"]}
     assert spans[T2W.format(s="M0")] == f"{levels['covered'][0]}-{levels['covered'][-1]}"
     assert spans[SUB02[0]] is None
-    assert [r["level"] for r in data["levels"]] == [r["level"] for r in _group_rows(out, "levels_summary.tsv")]
+    summary = _group_rows(out, "levels_summary.tsv")
+    assert [r["level"] for r in data["levels"]] == [r["level"] for r in summary]
 
 
 def test_outputs_are_valid_bids(run, bids_validator):
@@ -212,7 +214,8 @@ def test_outputs_are_valid_bids(run, bids_validator):
 
 
 def _files(out: Path) -> dict[str, int]:
-    return {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in sorted(out.rglob("*")) if p.is_file()}
+    return {p.relative_to(out).as_posix(): p.stat().st_mtime_ns
+            for p in sorted(out.rglob("*")) if p.is_file()}
 
 
 def test_a_changed_disc_file_redoes_that_sessions_figures_only(run, tmp_path, caplog):
@@ -256,8 +259,8 @@ def test_a_refused_disc_file_leaves_levels_na_with_the_reason(run, tmp_path, cap
     if case == "totalspineseg":                  # values in TotalSpineSeg's raw disc range (63-100)
         data[data > 0] += 62
         values = sorted(int(v) for v in np.unique(data[data > 0]))
-        expected = (f"{bad}: values {values} are TotalSpineSeg's raw disc labels, not SCT disc values: use its "
-                    "step1_levels output (SCT's _totalspineseg_discs), one voxel per disc")
+        expected = (f"{bad}: values {values} are TotalSpineSeg's raw disc labels, not SCT disc values: use "
+                    "its step1_levels output (SCT's _totalspineseg_discs), one voxel per disc")
     elif case == "off grid":                     # saved 2 mm away
         affine[:3, 3] += (2.0, 0.0, 0.0)
         expected = (f"{bad}: not on the image's grid: its affine differs from the image's by up to 2 mm "
