@@ -1,8 +1,8 @@
 """Issue 25 end to end: ``run.py participant`` and ``group`` with ``--disc-labels`` on the phantom dataset
 (demo models): each image's level map against the phantom's TRUE levels, each lesion's ``vert_level``
 against the true levels of its voxels, the group per-level table (sums, ``n/a`` outside the field of
-view), the QC record and page, validator 0 errors; then re-runs: unchanged (nothing), a changed disc file (that session's figures
-only), and each refusal with the line a user reads (levels ``n/a``, masks kept)."""
+view), the QC record and page, validator 0 errors; then re-runs: unchanged (nothing), a changed disc file
+(that session's figures only), and each refusal with the line a user reads (levels ``n/a``, masks kept)."""
 from __future__ import annotations
 
 import json
