@@ -1,9 +1,10 @@
-"""Issue 25 against the REAL SCT 7.3 (``make test-sct``), end to end: ``run.py participant --disc-labels`` (demo
-models) on phantoms in several orientations (sagittal RAS, PSR, ASL oblique; axial LAS under a sagittal PSR
-image's discs), then ``sct_label_vertebrae -i IMG -s CORD -c t2 -discfile DISCS`` on the cord mask the run
-wrote: our level map equals SCT's ``cord_labeled`` voxel for voxel, and every lesion's ``vert_level`` is the
-majority level of its voxels in SCT's map. For the axial image SCT is given the discs our sidecar says were
-used (``DiscsUsed``: the bounding ones; see docs/LEVELS.md), cut out of the partner's own file."""
+"""Issue 25 against the REAL SCT 7.3 (``make test-sct``), end to end: ``run.py participant --disc-labels``
+(demo models) on phantoms in several orientations (sagittal RAS, PSR, ASL oblique; axial LAS under a
+sagittal PSR image's discs), then ``sct_label_vertebrae -i IMG -s CORD -c t2 -discfile DISCS`` on the cord
+mask the run wrote: our level map equals SCT's ``cord_labeled`` voxel for voxel, and every lesion's
+``vert_level`` is the majority level of its voxels in SCT's map. For the axial image SCT is given the discs
+our sidecar says were used (``DiscsUsed``: the bounding ones; see docs/LEVELS.md), cut out of the partner's
+own file."""
 from __future__ import annotations
 
 import json
@@ -25,12 +26,17 @@ from tests.sct_real import save, sct  # noqa: F401 - session fixture
 pytestmark = [pytest.mark.sct_oracle, pytest.mark.slow]
 
 SAGITTAL = dict(voxel_size=(0.8, 0.8, 0.8), fov_mm=(40, 48, 100))
-#: image -> (seed of its subject's anatomy, grid); one subject per seed, the discs drawn on each sagittal image
+
+def _sagittal(*orientation: str, tilt: float = 0.0) -> Grid:
+    return Grid(orientation=orientation, tilt_deg=tilt, **SAGITTAL)
+
+
+#: image -> (seed of its subject's anatomy, grid); one subject per seed, discs drawn on each sagittal image
 IMAGES = {
-    "sub-01/anat/sub-01_acq-sag_T2w.nii.gz": (11, Grid(orientation=("R", "A", "S"), tilt_deg=0.0, **SAGITTAL)),
-    "sub-02/anat/sub-02_acq-sag_T2w.nii.gz": (12, Grid(orientation=("P", "S", "R"), tilt_deg=0.0, **SAGITTAL)),
-    "sub-03/anat/sub-03_acq-sag_T2w.nii.gz": (13, Grid(orientation=("A", "S", "L"), tilt_deg=7.5, **SAGITTAL)),
-    "sub-04/anat/sub-04_acq-sag_T2w.nii.gz": (14, Grid(orientation=("P", "S", "R"), tilt_deg=0.0, **SAGITTAL)),
+    "sub-01/anat/sub-01_acq-sag_T2w.nii.gz": (11, _sagittal("R", "A", "S")),
+    "sub-02/anat/sub-02_acq-sag_T2w.nii.gz": (12, _sagittal("P", "S", "R")),
+    "sub-03/anat/sub-03_acq-sag_T2w.nii.gz": (13, _sagittal("A", "S", "L", tilt=7.5)),
+    "sub-04/anat/sub-04_acq-sag_T2w.nii.gz": (14, _sagittal("P", "S", "R")),
     "sub-04/anat/sub-04_acq-ax_T2w.nii.gz": (14, Grid(orientation=("L", "A", "S"), voxel_size=(0.5, 0.5, 3.0),
                                                       fov_mm=(44, 44, 70), tilt_deg=0.0)),
 }
@@ -85,8 +91,8 @@ def test_our_level_map_and_lesion_levels_are_scts(run, sct, tmp_path, source):  
     bids, out, labels = run
     names = image_names(source, "lesion_ms")
     discs = _discs_used(out, names, labels, tmp_path)
-    sct.run("sct_label_vertebrae", "-i", bids / source, "-s", out / names.cord, "-c", "t2", "-discfile", discs,
-            "-ofolder", tmp_path / "sct")
+    sct.run("sct_label_vertebrae", "-i", bids / source, "-s", out / names.cord, "-c", "t2",
+            "-discfile", discs, "-ofolder", tmp_path / "sct")
     theirs = _data(tmp_path / "sct" / (Path(names.cord).name.replace(".nii.gz", "_labeled.nii.gz")))
     ours = _data(out / names.levels)
     assert len(np.unique(theirs[theirs > 0])) >= 3, "the image must span several levels"
