@@ -286,6 +286,9 @@ def _settings(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -> Set
             raise _Exit("usage", "--device cuda: no CUDA device is available to this process")
     if args.drop_outside_cord and not args.cord:
         raise _Exit("usage", "--drop-outside-cord needs the cord masks: drop --no-cord")
+    if args.disc_labels is not None and not args.cord:
+        raise _Exit("usage", "--disc-labels needs the cord masks (their centreline carries the levels): drop "
+                    "--no-cord")
     precision = resolve_run_precision(args.precision, args.device)  # once: every worker runs this one
     log.info("precision %s (--precision %s, --device %s)", precision, args.precision, args.device)
     return Settings(

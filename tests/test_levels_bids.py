@@ -178,6 +178,7 @@ def test_group_table_sums_to_each_images_lesions_and_is_na_outside_the_field_of_
 
 def test_group_per_lesion_table_carries_the_levels(run):
     _, out, _ = run
+    assert "vert_level" in json.loads((out / "group" / "lesions_per_lesion.json").read_text())
     rows = _group_rows(out, "lesions_per_lesion.tsv")
     assert rows and {"vert_level", "vert_levels", "vert_level_fractions"} <= set(rows[0])
     assert {r["vert_level"] for r in rows if r["participant_id"] == "sub-02"} == {"n/a"}
@@ -297,3 +298,12 @@ def test_a_refused_disc_file_leaves_levels_na_with_the_reason(run, tmp_path, cap
     levels = [r for r in _group_rows(out, "lesion_levels.tsv") if r["session_id"] == "ses-M12"
               and r["contrast"] == "T2w"]
     assert levels and {r["lesion_volume_mm3"] for r in levels} == {"n/a"}
+
+
+def test_disc_labels_need_the_cord_masks(run, tmp_path, caplog):
+    bids, _, labels = run
+    assert _run(bids, tmp_path / "out", "participant", labels, "--no-cord") == 64
+    assert "--disc-labels needs the cord masks (their centreline carries the levels): drop --no-cord" \
+        in caplog.text
+    assert _run(bids, tmp_path / "out", "participant", tmp_path / "missing") == 66
+    assert f"{tmp_path / 'missing'}: --disc-labels is not a folder" in caplog.text

@@ -30,6 +30,7 @@ from .registration import RegistrationSettings, tfm_text
 from .series import COUNT_COLUMNS, SessionImage, consecutive_pairs, counts_row, pair_name
 from .tables import (
     LESION_DICTIONARY,
+    LEVEL_DICTIONARY,
     SOURCE_DICTIONARY,
     change_dictionary,
     change_tsv,
@@ -212,7 +213,9 @@ def write_study(output_dir: str | Path, bids_dir: str | Path | None, records: It
     images = study_images(records)
     result = StudyResult()
     text, result.lesion_rows = per_lesion_table(root, images)
-    write_table(root / PER_LESION_PATH, text, {**_KEY_DICTIONARY, **LESION_DICTIONARY, **SOURCE_DICTIONARY})
+    levels = LEVEL_DICTIONARY if "vert_level" in text.split("\n", 1)[0].split("\t") else {}  # --disc-labels
+    write_table(root / PER_LESION_PATH, text, {**_KEY_DICTIONARY, **LESION_DICTIONARY, **SOURCE_DICTIONARY,
+                                               **levels})
     pairs = consecutive_pairs(images)
     rows = []
     for pair in pairs:
