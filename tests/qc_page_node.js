@@ -1,6 +1,7 @@
 // Runs the QC page's own script (qc/index.html) under node with a minimal stand-in for the DOM, so its pure
 // parts (the manual_correction.py export, the trajectory plots) are checked where no browser is installed.
-// Usage: node qc_page_node.js INDEX_HTML RATINGS_JSON  -> JSON {yaml, plots: [{caption, marks: [...]}]}
+// Usage: node qc_page_node.js INDEX_HTML RATINGS_JSON  -> JSON {yaml, plots: [{caption, marks: [...]}],
+// levels: {hidden, bars: [title, ...]}}
 "use strict";
 const fs = require("fs");
 
@@ -55,4 +56,7 @@ const plots = document.getElementById("trajectories").children.map((figure) => {
       .map((c) => ({manual: c.tag === "rect", title: text(c)})),
   };
 });
-process.stdout.write(JSON.stringify({yaml: window.cordlesionQC.failYaml(), plots}));
+const levelsPlot = document.getElementById("levels-plot").children[0];   // --disc-labels: the load by level
+const levels = {hidden: document.getElementById("levels-section").hidden,
+                bars: levelsPlot ? levelsPlot.children.filter((c) => c.tag === "rect").map(text) : []};
+process.stdout.write(JSON.stringify({yaml: window.cordlesionQC.failYaml(), plots, levels}));

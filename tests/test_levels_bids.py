@@ -208,6 +208,26 @@ def test_qc_record_pictures_and_page_show_the_levels(run):
     assert [r["level"] for r in data["levels"]] == [r["level"] for r in summary]
 
 
+def test_the_pages_script_draws_the_load_by_level(run):
+    import subprocess
+
+    from tests.components import missing
+
+    _, out, _ = run
+    if shutil.which("node") is None:
+        missing("node", "not found: the QC page's script is run under node where no browser is installed")
+    harness = Path(__file__).with_name("qc_page_node.js")
+    proc = subprocess.run(["node", str(harness), str(out / "qc/index.html"), "{}"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    levels = json.loads(proc.stdout)["levels"]
+    summary = _group_rows(out, "levels_summary.tsv")
+    assert levels["hidden"] is False and len(levels["bars"]) == len(summary)
+    for bar, row in zip(levels["bars"], summary, strict=True):
+        assert bar.startswith(f"{row['level']}: ")
+        assert f"in {row['images_covering']} image(s) covering it" in bar
+
+
 def test_outputs_are_valid_bids(run, bids_validator):
     _, out, _ = run
     report = validate(out)

@@ -157,7 +157,8 @@
     for (const key of ["sub", "ses", "acq", "run", "con", "task"]) cell(tr, fmt(row[key]));
     for (const key of ["n", "tot", "max"]) cell(tr, fmt(row[key]), "num");
     cell(tr, fmt(row.new), row.new ? "num new-lesions" : "num");   // new lesions at a follow-up session
-    cell(tr, row.lv || (row.lverr ? "refused" : "n/a"), row.lverr ? "levels-refused" : "");  // --disc-labels span
+    const lv = cell(tr, row.lv || (row.lverr ? "refused" : "n/a"), row.lverr ? "levels-refused" : "");  // --disc-labels
+    if (row.lverr) lv.title = row.lverr;                            // the refusal's one line, on hover
     cell(tr, row.ms === "manual" ? "corrected" : fmt(row.ms), "src-" + row.ms);
     cell(tr, row.st, "status-" + row.st);
     const rating = ratingOf(row);
