@@ -209,7 +209,8 @@ def refresh(job: Job, settings: Settings, models: Mapping[str, Any], found: Cand
     write_table(settings, job, figures)
     previous = derivatives.read_provenance(out / job.outputs["mask_json"]) or {}
     write_qc(settings, job, models, float(previous.get("RunTimeSeconds") or 0.0), shown=(img, figures))
-    provenance = {**previous, **figure_provenance(figures, found)}
+    kept = {k: v for k, v in previous.items() if k != "VertebralLevels"}  # redone, or gone without levels
+    provenance = {**kept, **figure_provenance(figures, found)}
     for key in sorted(k for k in job.outputs if k.endswith("_json") and k != "mask_json") + ["mask_json"]:
         path = out / job.outputs[key]
         sidecar = derivatives.read_json_quietly(path)

@@ -32,6 +32,7 @@ from .analysis.levels import (
     disc_source,
     lesion_levels,
     level_name,
+    level_value,
 )
 from .analysis.levels.discs import bounding_discs
 from .analysis.levels.names import LANDMARK_VALUES
@@ -163,7 +164,7 @@ def _levels(image: nib.Nifti1Image, relpath: str, cord: nib.Nifti1Image, mask: n
     count: dict[int, int] = {}
     for row in rows:
         if row.vert_level is not None:
-            key = _value(row.vert_level)
+            key = level_value(row.vert_level)
             count[key] = count.get(key, 0) + 1
     return ImageLevels(
         cord_map=like(cord, cord_levels.astype(np.uint8), np.uint8), lesions=tuple(rows), volume_mm3=volume,
@@ -171,12 +172,6 @@ def _levels(image: nib.Nifti1Image, relpath: str, cord: nib.Nifti1Image, mask: n
         covered=tuple(int(v) for v in np.unique(cord_levels) if v > 0), source=source,
         labels_path=str(path), placement=place, used=tuple(int(v) for v in used.values),
         ignored=tuple(discs.ignored))
-
-
-def _value(name: str) -> int:
-    from .analysis.levels import level_value
-
-    return level_value(name)
 
 
 # ------------------------------------------------------------------------------------------ derivative
@@ -187,7 +182,8 @@ def dseg_tsv(levels: ImageLevels) -> str:
 
 def dseg_sidecar(levels: ImageLevels, source_relpath: str) -> dict[str, Any]:
     """The level map's ``_dseg.json``: what it is, from which files, by which rule."""
-    assert levels.source is not None and levels.placement is not None
+    if levels.source is None or levels.placement is None:
+        raise ValueError("no level map: the image has no levels")
     uri = f"bids:raw:{source_relpath}"
     place = levels.placement
     return {

@@ -327,3 +327,22 @@ def test_disc_labels_need_the_cord_masks(run, tmp_path, caplog):
         in caplog.text
     assert _run(bids, tmp_path / "out", "participant", tmp_path / "missing") == 66
     assert f"{tmp_path / 'missing'}: --disc-labels is not a folder" in caplog.text
+
+
+def test_a_rerun_without_disc_labels_takes_the_levels_away(run, tmp_path, caplog):
+    bids, out0, _ = run
+    out = tmp_path / "cordlesion"
+    shutil.copytree(out0, out)
+    config = tmp_path / "routing.json"
+    config.write_text(json.dumps(ROUTING))
+    caplog.clear()
+    assert main([str(bids), str(out), "participant", "--demo", "--config", str(config),
+                 "--skip_bids_validator", "--nprocs", "1", "--omp-nthreads", "1"]) == 0
+    assert "summary: 0 done, 7 figures redone (corrected masks), 0 up to date, 0 failed" in caplog.text
+    for source in SOURCES:
+        names = _names(source)
+        assert not (out / names.levels).exists() and not (out / names.levels_json).exists()
+        assert "vert_level" not in (out / names.lesions_tsv).read_text().splitlines()[0].split("\t")
+        assert "levels" not in json.loads((out / names.qc_record).read_text())
+        prov = json.loads((out / names.mask_json).read_text())["Provenance"]
+        assert "Discs" not in prov["FiguresState"] and "VertebralLevels" not in prov
