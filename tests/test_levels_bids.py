@@ -255,6 +255,12 @@ def test_a_changed_disc_file_redoes_that_sessions_figures_only(run, tmp_path, ca
     data[data == data.max()] = 0
     nib.save(nib.Nifti1Image(data, img.affine, img.header), edited)
     caplog.clear()
+    assert _run(bids, out, "group", labels) == 0            # the group level names what to redo
+    assert (f"2 image(s) have disc labels in {labels} that their levels were not computed from: re-run the "
+            f"participant level with --disc-labels {labels} (it redoes their figures only, no model): "
+            f"{T2S.format(s='M0')} (lesion_ms); {T2W.format(s='M0')} (lesion_ms)") in caplog.text
+    before = _files(out)
+    caplog.clear()
     assert _run(bids, out, "participant", labels) == 0
     assert "summary: 0 done, 2 figures redone (corrected masks), 5 up to date, 0 failed" in caplog.text
     after = _files(out)
@@ -267,7 +273,7 @@ def test_a_changed_disc_file_redoes_that_sessions_figures_only(run, tmp_path, ca
     assert not any(rel.startswith("group/") for rel in changed)
 
 
-@pytest.mark.parametrize("case", ["totalspineseg", "off grid", "far from the cord"])
+@pytest.mark.parametrize("case", ["totalspineseg", "off grid", "far from the cord", "two files"])
 def test_a_refused_disc_file_leaves_levels_na_with_the_reason(run, tmp_path, caplog, case):
     bids, out0, labels0 = run
     out, labels = tmp_path / "cordlesion", tmp_path / "labels"
@@ -287,6 +293,11 @@ def test_a_refused_disc_file_leaves_levels_na_with_the_reason(run, tmp_path, cap
         expected = (f"{bad}: not on the image's grid: its affine differs from the image's by up to 2 mm "
                     f"(resampled, or saved in another space?); the image: {source} (disc labels are drawn on "
                     "the image itself)")
+    elif case == "two files":                    # the same labels under an older spine-generic name too
+        other = bad.with_name(bad.name.replace("_label-discs_dlabel", "_labels-disc"))
+        shutil.copyfile(bad, other)
+        rels = sorted(p.relative_to(labels).as_posix() for p in (bad, other))
+        expected = f"{source}: two disc label files for one image ({', '.join(rels)}): keep one"
     else:                                        # every disc moved to the image's front, at its side
         ap, lr = (int(np.argmax(np.abs(affine[row, :3]))) for row in (1, 0))
         moved = np.zeros_like(data)
