@@ -393,8 +393,8 @@ def format_plan(items: Sequence[Any], settings: Settings) -> str:
              f"output_dir {settings.output_dir}"]
     for item in items:
         job = item.job
-        status = ("up to date" if item.up_to_date else
-                  "figures to redo: corrected masks new or changed" if item.refresh else "will run")
+        status = ("up to date" if item.up_to_date else "will run" if not item.refresh else
+                  "figures to redo: corrected masks or disc labels new or changed")
         models = ", ".join(f"{name} ({m.release})" for name, m in item.models.items())
         lines.append(f"- {job.source.relpath}\n    task: {job.task}   models: {models}   [{status}]")
         for key in ("mask", "probseg", "cord"):
@@ -416,7 +416,7 @@ def _log_summary(summary: Any) -> None:
     done, skipped, failed = summary.count("done"), summary.count("skipped"), summary.failed
     redone = summary.count("refreshed")
     log.info("summary: %d done, %s%d up to date, %d failed", done,
-             f"{redone} figures redone (corrected masks), " if redone else "", skipped, len(failed))
+             f"{redone} figures redone (masks kept), " if redone else "", skipped, len(failed))
     for result in failed:
         log.error("failed: %s -- %s (log: %s)", result.source, result.message, result.log)
 

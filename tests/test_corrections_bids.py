@@ -203,11 +203,11 @@ def test_editing_one_corrected_mask_redoes_that_image_and_its_pair_only(loop, tm
     capsys.readouterr()
     assert _run(bids, out, "participant", "--corrections", str(labels), "--dry-run") == 0
     plan = capsys.readouterr().out
-    assert plan.count("[figures to redo: corrected masks new or changed]") == 1
+    assert plan.count("[figures to redo: corrected masks or disc labels new or changed]") == 1
     assert plan.count("[up to date]") == 3
     caplog.clear()
     assert _run(bids, out, "participant", "--corrections", str(labels)) == 0
-    assert "summary: 0 done, 1 figures redone (corrected masks), 3 up to date, 0 failed" in caplog.text
+    assert "summary: 0 done, 1 figures redone (masks kept), 3 up to date, 0 failed" in caplog.text
     after = _files(out)
     changed = {rel for rel in after if after[rel] != before.get(rel)}
     names = _names(m12)

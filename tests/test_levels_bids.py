@@ -262,7 +262,7 @@ def test_a_changed_disc_file_redoes_that_sessions_figures_only(run, tmp_path, ca
     before = _files(out)
     caplog.clear()
     assert _run(bids, out, "participant", labels) == 0
-    assert "summary: 0 done, 2 figures redone (corrected masks), 5 up to date, 0 failed" in caplog.text
+    assert "summary: 0 done, 2 figures redone (masks kept), 5 up to date, 0 failed" in caplog.text
     after = _files(out)
     changed = {rel for rel in after if after[rel] != before.get(rel)}
     for source in SOURCES:
@@ -349,7 +349,7 @@ def test_a_rerun_without_disc_labels_takes_the_levels_away(run, tmp_path, caplog
     caplog.clear()
     assert main([str(bids), str(out), "participant", "--demo", "--config", str(config),
                  "--skip_bids_validator", "--nprocs", "1", "--omp-nthreads", "1"]) == 0
-    assert "summary: 0 done, 7 figures redone (corrected masks), 0 up to date, 0 failed" in caplog.text
+    assert "summary: 0 done, 7 figures redone (masks kept), 0 up to date, 0 failed" in caplog.text
     for source in SOURCES:
         names = _names(source)
         assert not (out / names.levels).exists() and not (out / names.levels_json).exists()
