@@ -81,8 +81,10 @@ def test_tiles_and_gaussian_match_nnunetv2(size, patch):
     )
 
     assert sliding.tile_starts(size, patch, 0.5) == compute_steps_for_sliding_window(size, patch, 0.5)
-    ref = compute_gaussian(tuple(patch), 1 / 8, 10, dtype=torch.float32, device=torch.device("cpu")).numpy()
-    np.testing.assert_allclose(sliding.gaussian_weights(tuple(patch)), ref, rtol=1e-6)
+    # nnU-Net's default dtype, float16 (what its sliding window uses): the same bits
+    ref = compute_gaussian(tuple(patch), 1 / 8, 10, device=torch.device("cpu")).numpy()
+    got = sliding.gaussian_weights(tuple(patch))
+    assert ref.dtype == got.dtype == np.float16 and got.tobytes() == ref.tobytes()
 
 
 def test_padding_matches_nnunetv2():
@@ -97,13 +99,19 @@ def test_padding_matches_nnunetv2():
 
 
 def test_sliding_window_is_identity_for_an_identity_network():
-    """Gaussian-weighted tiles of a network that returns its input average back to the input."""
+    """Gaussian-weighted tiles of a network that returns its input average back to the input (to
+    float16's precision: nnU-Net's sums are float16)."""
     class Echo(torch.nn.Module):
         def forward(self, x):
             return torch.cat([x, -x], 1)
 
     data = torch.randn(1, 13, 40, 37)
     acc = sliding.sliding_window_logits(Echo(), data, (8, 16, 16), 2, sliding.WindowRun(batch_size=3))
-    out = acc / sliding.weight_sum(data.shape[1:], (8, 16, 16))
-    torch.testing.assert_close(out[0], data[0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out[1], -data[0], rtol=1e-5, atol=1e-5)
+    weights = sliding.weight_sum(data.shape[1:], (8, 16, 16))
+    out = (acc / weights).float()
+    assert acc.dtype == weights.dtype == torch.float16
+    # where only Gaussian tails (subnormal in float16) reach a voxel, nnU-Net's quotient is coarse
+    inner = weights.float() >= 1e-3
+    assert inner.float().mean() > 0.7
+    torch.testing.assert_close(out[0][inner], data[0][inner], rtol=4e-3, atol=4e-3)
+    torch.testing.assert_close(out[1][inner], -data[0][inner], rtol=4e-3, atol=4e-3)

@@ -45,6 +45,7 @@ from .precision import (
 from .preprocess import bbox_slices, nonzero_bbox, normalize
 from .resample import compute_new_shape, resample_to_shape
 from .sliding import WindowRun, sliding_window_logits, weight_sum
+from .spacing import sct_spacing
 
 __all__ = ["Levers", "NnUNetModel", "NnUNetPredictor", "resolve_device"]
 
@@ -262,11 +263,13 @@ class NnUNetPredictor:
         the whole image's (same windows, same weights).
         ``tile_step``: this call's window step (default: the predictor's, nnU-Net's 0.5).
         """
-        data = np.asarray(img.get_fdata(dtype=np.float32))
+        # SCT: np.asanyarray(dataobj) (scaled by nibabel where the header says so), then float32, laid out
+        # as a NIfTI file is read (Fortran order): the z-score's float32 sums follow that memory order
+        data = np.asfortranarray(np.asanyarray(img.dataobj), dtype=np.float32)
         if data.ndim != 3:
             raise ValueError(f"expected a 3D image, got shape {data.shape}")
         oriented, reo = ori.to_sct_orientation(data, img.affine, self.orientation)
-        zooms = reo.zooms(img.header.get_zooms()[:3])
+        zooms = sct_spacing(img, reo)
         roi_mask = None
         if roi is not None:  # the box goes through the same flips and transposes as the image
             roi = tuple(roi)
@@ -298,18 +301,20 @@ class NnUNetPredictor:
         non-zero box)."""
         tf = [int(i) for i in self.model.plans.get("transpose_forward", [0, 1, 2])]
         tb = [int(i) for i in self.model.plans.get("transpose_backward", np.argsort(tf))]
-        data = np.ascontiguousarray(data.transpose([0, *[i + 1 for i in tf]]), dtype=np.float32)
+        # a copy in the input's memory order (numpy's astype, order "K", as SCT and nnU-Net copy it), then
+        # views: the z-score's float32 sums run in the same order as nnU-Net's, bit for bit
+        data = np.array(data, dtype=np.float32, order="K").transpose([0, *[i + 1 for i in tf]])
         spacing_t = [float(spacing[i]) for i in tf]
         shape_before = data.shape[1:]
         bbox, mask = nonzero_bbox(data)
-        data = np.ascontiguousarray(data[(slice(None), *bbox_slices(bbox))])
+        data = data[(slice(None), *bbox_slices(bbox))]
         shape_cropped = data.shape[1:]
         target = [float(s) for s in self.config["spacing"]]
         new_shape = compute_new_shape(shape_cropped, spacing_t, target)
         # normalised on the whole (non-zero) image, as nnU-Net does, whatever the roi: the network sees
         # the same values in the windows it runs
-        data = normalize(data, mask, self.config,
-                         self.model.plans.get("foreground_intensity_properties_per_channel"))
+        data = np.ascontiguousarray(normalize(data, mask, self.config,
+                                              self.model.plans.get("foreground_intensity_properties_per_channel")))
         data = resample_to_shape(data, new_shape, spacing_t, target, **self._data_kw)
         region = None
         back = [0, *[i + 1 for i in tb]]
@@ -334,7 +339,7 @@ class NnUNetPredictor:
 
     def _fold_logits(self, data: torch.Tensor, fold: int | str, out: torch.Tensor | None,
                      region: tuple[slice, ...] | None, step: float) -> torch.Tensor:
-        """One fold's Gaussian-weighted logit sum (float32, whatever the precision), added into ``out``."""
+        """One fold's Gaussian-weighted logit sum (float16, as nnU-Net's), added into ``out``."""
         self._load_fold(fold)
         run = WindowRun(mirror_axes=self.mirror_axes, step=step, batch_size=self.batch_size,
                         device=self.device, channels_last=self.channels_last, autocast=self._autocast)
@@ -342,19 +347,20 @@ class NnUNetPredictor:
                                      run, out=out, region=region)
 
     def _weights(self, shape: Sequence[int], step: float) -> torch.Tensor:
-        """nnU-Net's divisor: the sum of the windows' Gaussian weights per voxel."""
+        """nnU-Net's divisor: the sum of the windows' Gaussian weights per voxel (float16)."""
         return weight_sum(shape, self.config["patch_size"], step)
 
     def _resampled_logits(self, logits: torch.Tensor, shape: Sequence[int], spacing_from: Sequence[float],
                           spacing_to: Sequence[float]) -> np.ndarray:
-        """Logits on the input (cropped) grid: nnU-Net's ``resampling_fn_probabilities``."""
+        """Logits on the input (cropped) grid: nnU-Net's ``resampling_fn_probabilities`` (float16 in,
+        float64 arithmetic, float16 out, as nnU-Net's)."""
         return np.ascontiguousarray(resample_to_shape(logits.numpy(), shape, spacing_from, spacing_to,
                                                       **self._prob_kw))
 
     def _to_probabilities(self, logits: torch.Tensor, shape: Sequence[int], spacing_from: Sequence[float],
                           spacing_to: Sequence[float]) -> np.ndarray:
         back = self._resampled_logits(logits, shape, spacing_from, spacing_to)
-        return torch.softmax(torch.from_numpy(back), 0).numpy()
+        return torch.softmax(torch.from_numpy(back).float(), 0).numpy()  # nnU-Net: softmax of float32
 
     def _ensemble(self, data: torch.Tensor, shape: Sequence[int], spacing_from: Sequence[float],
                   spacing_to: Sequence[float], region: tuple[slice, ...] | None, step: float) -> ClassMaps:
@@ -362,11 +368,15 @@ class NnUNetPredictor:
         weights = self._weights(data.shape[1:], step)
         folds = self.model.folds
         if self.ensemble == "logits":
-            # sum of the Gaussian-weighted fold logits, one division: the mean of nnU-Net's fold logits
+            # nnU-Net: each fold's float16 sum divided by the float16 weights, the folds added in float16,
+            # then divided by their number
             acc = None
             for fold in folds:
-                acc = self._fold_logits(data, fold, acc, region, step)
-            acc /= weights * len(folds)
+                logits = self._fold_logits(data, fold, None, region, step)
+                logits /= weights
+                acc = logits if acc is None else acc.add_(logits)
+            if len(folds) > 1:
+                acc /= len(folds)
             return logit_mean_maps(self._to_probabilities(acc, shape, spacing_from, spacing_to), len(folds))
         vote = SctVote() if self.ensemble == "sct" else None
         probs = None
@@ -374,7 +384,7 @@ class NnUNetPredictor:
             logits = self._fold_logits(data, fold, None, region, step)
             logits /= weights
             back = self._resampled_logits(logits, shape, spacing_from, spacing_to)
-            p = torch.softmax(torch.from_numpy(back), 0).numpy()
+            p = torch.softmax(torch.from_numpy(back).float(), 0).numpy()
             if vote is not None:
                 vote.add(back, p)
             else:

@@ -4,8 +4,10 @@ nnU-Net resizes with ``skimage.transform.resize(x, shape, order, mode="edge", an
 which is ``scipy.ndimage.zoom(x, out/in, order, mode="nearest", grid_mode=True)`` followed by
 clipping to the input's range; we call that directly. When either spacing is anisotropic (max/min >
 3) and a single axis is the coarse one, nnU-Net resizes each slice in-plane with ``order`` and then
-the coarse axis with ``order_z`` (nearest by default) through ``map_coordinates``; so do we. Unlike
-nnU-Net we keep float32 arrays: scipy computes splines in float64 internally either way.
+the coarse axis with ``order_z`` (nearest by default) through ``map_coordinates``; so do we. nnU-Net
+computes in float64 and stores the result in the input's dtype. For float32 data we let scipy write
+float32 directly (it computes splines in float64 and rounds once: the same values); float16 data (the
+logits) are widened to float64 and the result rounded once to float16, as nnU-Net does.
 """
 from __future__ import annotations
 
@@ -97,5 +99,6 @@ def resample_to_shape(data: np.ndarray, new_shape: Sequence[int], current_spacin
     axis = separate_z_axis(current_spacing, new_spacing, force_separate_z)
     out = np.empty((data.shape[0], *new_shape), dtype=data.dtype)
     for c in range(data.shape[0]):
-        out[c] = _resample_channel(data[c], new_shape, order, axis, order_z)
+        x = data[c].astype(np.float64) if data.dtype == np.float16 else data[c]  # scipy has no float16
+        out[c] = _resample_channel(x, new_shape, order, axis, order_z)
     return out

@@ -4,9 +4,12 @@ tiles at step 0.5, Gaussian importance (sigma = patch / 8), optional mirroring T
 MONAI's ``sliding_window_inference`` clamps its last tile to the border instead of spreading the
 tiles evenly, and builds its Gaussian analytically; both shift the logits by a few percent away from
 nnU-Net's. We therefore keep nnU-Net's schedule and weights and write the loop ourselves (short,
-accumulating in place in float32, several tiles per forward pass). In a reduced precision the image is
-converted once, the network runs under autocast, and each pass's logits become float32 before the
-Gaussian weighting and the sum.
+several tiles per forward pass). The arithmetic is that of nnunetv2 (SCT 7.3's fork 2.6.2 and stock
+2.8.1 alike, ``_internal_predict_sliding_window_return_logits``): the Gaussian is computed in float64
+and stored in float16, each tile's logits (float32 on a CPU, float16 under CUDA autocast) are multiplied
+by it and added IN FLOAT16 to a float16 sum, in nnU-Net's tile order; the weights are summed in float16
+and the division is float16. The float16 sums are what SCT's masks are made of (17 % of a 32x96x96
+Gaussian is subnormal in float16), so we keep them: docs/ENGINE.md.
 """
 from __future__ import annotations
 
@@ -23,14 +26,15 @@ from scipy.ndimage import gaussian_filter
 
 @lru_cache(maxsize=4)
 def gaussian_weights(patch: tuple[int, ...], sigma_scale: float = 1.0 / 8, scale: float = 10.0) -> np.ndarray:
-    """nnU-Net's ``compute_gaussian``: a blurred delta, max ``scale``, zeros replaced by the min."""
+    """nnU-Net's ``compute_gaussian`` (float16): a blurred delta, max ``scale``, zeros replaced by the min.
+    The float64 -> float16 conversion is torch's, as nnU-Net's (it can round differently from numpy's)."""
     tmp = np.zeros(patch)
     tmp[tuple(p // 2 for p in patch)] = 1
-    g = gaussian_filter(tmp, [p * sigma_scale for p in patch], 0, mode="constant", cval=0)
-    g /= g.max() / scale
-    g = g.astype(np.float32)
-    g[g == 0] = g[g != 0].min()
-    return g
+    g = torch.from_numpy(gaussian_filter(tmp, [p * sigma_scale for p in patch], 0, mode="constant", cval=0))
+    g /= torch.max(g) / scale
+    g = g.to(torch.float16)
+    g[g == 0] = torch.min(g[g != 0])
+    return g.numpy()
 
 
 def tile_starts(image_size: Sequence[int], patch: Sequence[int], step: float = 0.5) -> list[list[int]]:
@@ -83,8 +87,11 @@ class WindowRun:
 
 
 def _forward(network: torch.nn.Module, x: torch.Tensor, mirror: list[tuple[int, ...]]) -> torch.Tensor:
-    """The network's logits for ``x`` in float32 (a no-op cast in float32), mirrored passes averaged."""
-    out = network(x).float()
+    """The network's logits for ``x``, mirrored passes averaged: float16 as nnU-Net's under float16
+    autocast, else float32 (a no-op cast in float32; bf16 logits are widened before the weighting)."""
+    out = network(x)
+    if out.dtype != torch.float16:
+        out = out.float()
     for axes in mirror:
         out += torch.flip(network(torch.flip(x, axes)), axes)
     if mirror:
@@ -101,14 +108,14 @@ def sliding_window_logits(network: torch.nn.Module, data: torch.Tensor, patch: S
     voxel of the box overlaps the box, so inside it the sum is exactly the whole image's; outside it
     the sum is partial (callers discard it).
 
-    Returns the UNNORMALISED sum (num_classes, x, y, z) float32 on the CPU, added into ``out`` if
-    given (fold ensembling sums folds, then divides once: see :func:`normalise_logits`).
+    Returns the UNNORMALISED sum (num_classes, x, y, z) float16 on the CPU (divide by
+    :func:`weight_sum`, in float16, as nnU-Net), added into ``out`` if given.
     """
     run = run or WindowRun()
     patch = tuple(int(p) for p in patch)
     padded, unpad = pad_to_patch(data, patch)
     spatial = tuple(padded.shape[1:])
-    acc = torch.zeros((num_classes, *spatial), dtype=torch.float32)
+    acc = torch.zeros((num_classes, *spatial), dtype=torch.float16)
     g = torch.from_numpy(gaussian_weights(patch)).to(run.device)
     mirror = mirror_combinations(run.mirror_axes)
     slicers = [tuple(slice(s, s + p) for s, p in zip(starts, patch, strict=True))
@@ -132,7 +139,8 @@ def sliding_window_logits(network: torch.nn.Module, data: torch.Tensor, patch: S
         logits *= g
         logits = logits.cpu()
         for j, s in enumerate(batch):
-            acc[(slice(None), *s)] += logits[j]  # in place: no image-sized temporaries
+            # nnU-Net: float16 sum += float32 (or float16) tile, rounded to float16 at each add
+            acc[(slice(None), *s)] += logits[j]
     acc = acc[(slice(None), *unpad)]
     if out is None:
         return acc
@@ -141,13 +149,14 @@ def sliding_window_logits(network: torch.nn.Module, data: torch.Tensor, patch: S
 
 
 def weight_sum(shape: Sequence[int], patch: Sequence[int], step: float = 0.5) -> torch.Tensor:
-    """Sum of Gaussian weights per voxel of an image of ``shape`` (the divisor of nnU-Net)."""
+    """Sum of Gaussian weights per voxel of an image of ``shape`` (nnU-Net's divisor ``n_predictions``,
+    summed in float16 in tile order as nnU-Net does)."""
     patch = tuple(int(p) for p in patch)
     spatial = [max(s, p) for s, p in zip(shape, patch, strict=True)]
     dummy = torch.zeros((1, *shape))
     _, unpad = pad_to_patch(dummy, patch)
     g = torch.from_numpy(gaussian_weights(patch))
-    n = torch.zeros(spatial, dtype=torch.float32)
+    n = torch.zeros(spatial, dtype=torch.float16)
     for starts in itertools.product(*tile_starts(spatial, patch, step)):
         n[tuple(slice(s, s + p) for s, p in zip(starts, patch, strict=True))] += g
     return n[unpad]
