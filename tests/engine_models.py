@@ -140,6 +140,14 @@ def oracle_probabilities(pred, img: nib.Nifti1Image, sct_orientation: str = "LPI
 _OPPOSITE = {"L": "R", "R": "L", "A": "P", "P": "A", "S": "I", "I": "S"}
 
 
+def _sct_rounded(zoom: float) -> float:
+    """SCT 7.3 ``image.py`` ``get_dimension``, as written there: a float32 zoom rounded to the digits its
+    float32 spacing allows (nnU-Net's 3:1 anisotropy test and target shapes see these numbers)."""
+    zoom_f32 = np.float32(zoom)
+    spacing_exp = np.floor(np.log10(np.abs(np.spacing(zoom_f32)))).astype(int)
+    return round(float(zoom_f32), -spacing_exp - 1)
+
+
 def to_sct_model_array(img: nib.Nifti1Image, sct_orientation: str = "LPI"):
     """SCT's way into a model's array (``deepseg/inference.py`` ``segment_nnunet``): reorient to the SCT
     letters (the opposite nibabel codes), [x,y,z] -> [z,y,x] with the spacing reversed. Returns (data
@@ -147,7 +155,7 @@ def to_sct_model_array(img: nib.Nifti1Image, sct_orientation: str = "LPI"):
     target = nio.axcodes2ornt(tuple(_OPPOSITE[c] for c in sct_orientation))
     to_target = nio.ornt_transform(nio.io_orientation(img.affine), target)
     data = nio.apply_orientation(np.asarray(img.dataobj, dtype=np.float32), to_target)
-    zooms = nib.affines.voxel_sizes(img.affine)
+    zooms = [_sct_rounded(z) for z in nib.affines.voxel_sizes(img.affine)]
     zooms_t = [0.0, 0.0, 0.0]
     for i, (j, _) in enumerate(to_target):
         zooms_t[int(j)] = float(zooms[i])

@@ -86,13 +86,14 @@ def test_resolving_imports_no_torch():
 
 # ---- fp32: today's outputs, byte for byte ---------------------------------------------------------------
 def _frozen_window_sum(network, data, patch, num_classes, run, *, out=None, region=None):
-    """The float32 window loop as it was before reduced precisions (sliding.py at f738fd8), kept here
-    verbatim as the oracle of "fp32 reproduces today's outputs byte for byte"."""
+    """The float32 window loop as it was before reduced precisions (sliding.py at f738fd8), with the sum
+    in float16 as nnunetv2's ``_internal_predict_sliding_window_return_logits`` keeps it (issue 22): the
+    oracle of "fp32 is the plain float32 network, nothing else changed"."""
     import itertools
     patch = tuple(int(p) for p in patch)
     padded, unpad = sliding.pad_to_patch(data, patch)
     spatial = tuple(padded.shape[1:])
-    acc = torch.zeros((num_classes, *spatial), dtype=torch.float32)
+    acc = torch.zeros((num_classes, *spatial), dtype=torch.half)
     g = torch.from_numpy(sliding.gaussian_weights(patch)).to(run.device)
     mirror = sliding.mirror_combinations(run.mirror_axes)
     slicers = [tuple(slice(s, s + p) for s, p in zip(starts, patch, strict=True))
