@@ -286,3 +286,19 @@ def like(reference: nib.Nifti1Image, data: np.ndarray, dtype: type | np.dtype) -
     out.set_sform(sform if sform is not None else reference.affine, int(scode or 0))
     out.header.set_slope_inter(1.0, 0.0)
     return out
+
+
+def like_sct(reference: nib.Nifti1Image, data: np.ndarray, dtype: type | np.dtype) -> nib.Nifti1Image:
+    """:func:`like` with the header SCT 7.3's ``sct_deepseg`` writes (every mask and soft map we write that
+    SCT also writes): qform AND sform both the reference's best affine (its sform where set), each keeping
+    the reference's code, or code 2 ("aligned") where the reference had none. That is nibabel's
+    ``set_qform``/``set_sform`` with ``code=None``, which SCT's ``change_orientation`` calls on the way into
+    the model's orientation and back; we write it for every orientation (SCT keeps the input's header as is
+    when the image is already in the model's orientation)."""
+    out = like(reference, data, dtype)
+    best = reference.header.get_best_affine()
+    for setter, getter in ((out.set_qform, reference.header.get_qform),
+                           (out.set_sform, reference.header.get_sform)):
+        code = int(getter(coded=True)[1] or 0)
+        setter(best, code or 2)
+    return out

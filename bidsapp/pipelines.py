@@ -40,7 +40,7 @@ import numpy as np
 from . import boxes, tasks
 from .engine import NnUNetModel, NnUNetPredictor, resolve_device, resolve_precision
 from .errors import ConfigError
-from .imaging import like
+from .imaging import like, like_sct
 from .models import crop_metadata
 from .postprocess import keep_largest_object
 from .tasks import Task
@@ -427,9 +427,9 @@ def segment(img: nib.Nifti1Image, *, task: str | Task, models: Mapping[str, Any]
                             precision=run.precision, threshold=_threshold(spec, run),
                             crop=around.box if around is not None else None)
     return SegmentationResult(
-        mask=like(img, out.mask.astype(np.uint8), np.uint8),
-        probseg=like(img, np.clip(out.prob, 0.0, 1.0).astype(np.float32), np.float32),
-        cord=like(img, cord.astype(np.uint8), np.uint8) if cord is not None else None,
+        mask=like_sct(img, out.mask.astype(np.uint8), np.uint8),
+        probseg=like_sct(img, np.clip(out.prob, 0.0, 1.0).astype(np.float32), np.float32),
+        cord=like_sct(img, cord.astype(np.uint8), np.uint8) if cord is not None else None,
         provenance=provenance)
 
 
