@@ -32,6 +32,8 @@ RESULTS_ENV = "CORDLESION_SCT_GRID_JSONL"
 REPO = Path(__file__).resolve().parents[1]
 AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 MP2RAGE_CASES = [name for name, case in sg.CASES.items() if case.mp2rage]
+#: the soft map costs SCT a second lesion_ms run: three geometries (the arithmetic is the mask's)
+SOFT_CASES = ["RAS 0.8x0.8x2.4 f32", "PSR 0.7x0.7x2.1 f32", "oblique 1 mm 9 deg i16"]
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +105,7 @@ def test_lesion_ms_mask(case, grid, sct):  # noqa: F811 - fixture
         _assert_header_is_scts(ours, ref)
 
 
-@pytest.mark.parametrize("case", list(sg.CASES))
+@pytest.mark.parametrize("case", SOFT_CASES)
 def test_lesion_ms_soft_map(case, grid, sct):  # noqa: F811 - fixture
     ref = _sct_out(grid, sct, "lesion_ms", case, "-soft-ms-lesion")
     ours = _ours(grid, "lesion_ms", case).probseg
@@ -155,7 +157,7 @@ np.save(out, np.asanyarray(res.mask.dataobj))
 """
 
 
-@pytest.mark.parametrize("case", ["PSR 0.7x0.7x2.1 f32", "oblique 1 mm 9 deg i16"])
+@pytest.mark.parametrize("case", ["PSR 0.7x0.7x2.1 f32"])
 def test_default_limited_to_avx2_is_the_same_mask(case, grid, sct, tmp_path):  # noqa: F811 - fixture
     """A run's mask does not depend on the CPU: the default limited to AVX2 (oneDNN and ATen) agrees with
     the unlimited default, and both with SCT."""
