@@ -29,6 +29,7 @@ import numpy as np
 from nibabel import orientations as nio
 from scipy.spatial import KDTree
 
+from ...engine.spacing import sct_zoom
 from ...errors import InputImageError
 from ...imaging import like
 from ...orientation import Reorientation, to_sct_orientation
@@ -116,12 +117,6 @@ def _stored(header: nib.Nifti1Header, affine: np.ndarray, shape: tuple[int, ...]
     return out
 
 
-def _sct_zoom(zoom: np.float32) -> float:
-    """SCT ``get_dimension``: a float32 zoom rounded to the digits its float32 spacing allows."""
-    exponent = int(np.floor(np.log10(np.abs(np.spacing(np.float32(zoom))))))
-    return round(float(zoom), -exponent - 1)
-
-
 def _cord_mask(cord: nib.Nifti1Image) -> np.ndarray:
     return binary_data(cord, "cord mask")
 
@@ -132,7 +127,7 @@ def centreline(cord: nib.Nifti1Image) -> Centreline:
     affine = sct_affine(cord.header)
     rpi, reo = to_sct_orientation(_cord_mask(cord), affine, RPI)
     rpi_header = _stored(cord.header, reo.affine, rpi.shape)
-    pz = _sct_zoom(rpi_header.get_zooms()[2])
+    pz = sct_zoom(rpi_header.get_zooms()[2])
     zs = np.flatnonzero(rpi.any(axis=(0, 1)))
     if zs.size < 2:
         name = cord.get_filename() or "cord mask"
