@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, tasks
+from .engine.precision import ARITHMETIC
 
 #: the --crop / --no-crop help of both command lines (run.py and bidsapp.segment); the default is the
 #: task table's
@@ -114,6 +115,8 @@ class Settings:
             rules["ensemble"] = self.ensemble
         params = {"tta": self.tta, "folds": list(self.folds) if self.folds is not None else None,
                   "rules": rules, "precision": self.precision}
+        if spec.engine == tasks.NNUNET:  # no fallback for old sidecars: an older engine's masks re-run
+            params["arithmetic"] = ARITHMETIC
         if spec.crop.applies(self.crop) and spec.crop.box is not None:
             params["crop"] = spec.crop.box.to_dict()
         if spec.lesion_table:  # the cord mask and the drop change the mask, the table and the outputs

@@ -115,6 +115,21 @@ def test_parameters_carry_the_precision_and_old_fp32_outputs_stay_up_to_date(tmp
     assert not derivatives.is_up_to_date(tmp_path, "mask.json", state)
 
 
+def test_outputs_of_an_older_engine_arithmetic_are_computed_again(tmp_path):
+    """Masks written before the engine took SCT 7.3's float16 window sums (no "arithmetic") differ by a
+    few voxels from today's: they are not up to date; the legacy ONNX tasks do not carry the key."""
+    params = Settings(bids_dir=tmp_path, output_dir=tmp_path).parameters("lesion_ms")
+    assert params["arithmetic"] == "sct7.3"
+    assert "arithmetic" not in Settings(bids_dir=tmp_path, output_dir=tmp_path).parameters("t2")
+    state = {"InputSha256": "0" * 64, "Task": "lesion_ms", "Models": {}, "Parameters": params}
+    (tmp_path / "mask.nii.gz").write_bytes(b"x")
+    for recorded, up_to_date in ((state, True), ({**state, "Parameters": {
+            k: v for k, v in params.items() if k != "arithmetic"}}, False)):
+        (tmp_path / "mask.json").write_text(json.dumps({derivatives.PROVENANCE_KEY: {
+            "State": recorded, "Outputs": ["mask.nii.gz"]}}))
+        assert derivatives.is_up_to_date(tmp_path, "mask.json", state) is up_to_date
+
+
 # ---- the pipeline runs what it is given -------------------------------------------------------------------
 def test_predictors_are_cached_per_precision():
     from bidsapp import models

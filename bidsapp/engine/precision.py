@@ -32,12 +32,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch is imported by the functions that need it
     import torch
 
-__all__ = ["PRECISIONS", "CpuFeatures", "add_rounding_hooks", "conv_state_keys", "convert_convolutions",
-           "cpu_features", "emulation_warning", "is_emulated", "parse_cpu_flags", "resolve_precision",
-           "torch_dtype"]
+__all__ = ["ARITHMETIC", "PRECISIONS", "CpuFeatures", "add_rounding_hooks", "conv_state_keys",
+           "convert_convolutions", "cpu_features", "emulation_warning", "is_emulated", "parse_cpu_flags",
+           "resolve_precision", "torch_dtype"]
 
 log = logging.getLogger(__name__)
 
+#: the engine's arithmetic around the network, in the up-to-date parameters of every nnU-Net output: a new
+#: value whenever a change to it moves voxels, so outputs of an older engine are computed again.
+#: "sct7.3": SCT 7.3's per-fold path (its rounded spacing, nnunetv2-neuropoly's float16 window sums)
+ARITHMETIC = "sct7.3"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: /proc/cpuinfo flags of the dot-product instructions that make a reduced precision faster on a CPU
 NATIVE_CPU_FLAGS = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}
