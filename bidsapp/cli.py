@@ -17,16 +17,19 @@ from typing import Any
 
 from . import __version__, tasks
 from .argtypes import Parser, flatten_folds, folds, mem_arg, positive_int, seconds_arg
+from .engine.backends import BACKENDS, CACHE_ENV
 from .engine.precision import PRECISIONS
 from .errors import EXIT, ConfigError, CordlesionError, ModelError, OutputError
 from .pool import Interrupted, stop_on_signals
 from .settings import (
+    BACKEND_HELP,
     CROP_HELP,
     ENSEMBLE_HELP,
     ENSEMBLES,
     PRECISION_HELP,
     Settings,
     default_omp_nthreads,
+    resolve_run_backend,
     resolve_run_precision,
 )
 
@@ -79,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                      help="auto uses CUDA when available")
     mod.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
+    mod.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
     _add_lesion_options(p)
     run = p.add_argument_group("running")
     run.add_argument("-w", "--work-dir", "--work_dir", type=Path, metavar="DIR",
@@ -290,7 +294,12 @@ def _settings(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -> Set
         raise _Exit("usage", "--disc-labels needs the cord masks (their centreline carries the levels): drop "
                     "--no-cord")
     precision = resolve_run_precision(args.precision, args.device)  # once: every worker runs this one
-    log.info("precision %s (--precision %s, --device %s)", precision, args.precision, args.device)
+    try:
+        backend = resolve_run_backend(args.backend, args.device, precision)
+    except ValueError as exc:
+        raise _Exit("usage", str(exc)) from exc
+    log.info("precision %s, backend %s (--precision %s, --backend %s, --device %s)", precision, backend,
+             args.precision, args.backend, args.device)
     return Settings(
         bids_dir=bids_dir, output_dir=output_dir, analysis_level=args.analysis_level,
         participants=tuple(args.participant_label or ()), sessions=tuple(args.session_label or ()),
@@ -301,8 +310,8 @@ def _settings(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -> Set
         tta=args.tta, folds=flatten_folds(args.folds),
         crop=tasks.CROP_DEFAULT if args.crop is None else args.crop, ensemble=args.ensemble,
         cord=args.cord, drop_outside_cord=args.drop_outside_cord, precision=precision,
-        corrections=_check_corrections(args.corrections), disc_labels=_check_disc_labels(args.disc_labels),
-        overwrite=args.overwrite,
+        backend=backend, corrections=_check_corrections(args.corrections),
+        disc_labels=_check_disc_labels(args.disc_labels), overwrite=args.overwrite,
         dry_run=args.dry_run,
         skip_bids_validator=args.skip_bids_validator, mem=args.mem, image_timeout=args.image_timeout,
         allow_unusual_geometry=args.allow_unusual_geometry)
@@ -320,6 +329,7 @@ def _prepare_environment(work: Path, settings: Settings) -> None:
         os.environ.setdefault(var, str(work / sub))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(settings.omp_nthreads)
+    os.environ[CACHE_ENV] = str(work / "openvino")  # the converted networks: a study converts once
 
 
 def _participant(settings: Settings, work: Path) -> int:

@@ -350,8 +350,9 @@ def is_up_to_date(output_dir: Path, mask_json: str, state: Mapping[str, Any]) ->
 
 
 #: parameters recorded since a version, with the value every output written before had: sidecars without
-#: them stay up to date when the run asks for that value (fp32 is byte for byte what ran before issue 16)
-ADDED_PARAMETERS = {"precision": "fp32"}
+#: them stay up to date when the run asks for that value (fp32 is byte for byte what ran before issue 16;
+#: torch was the only backend before issue 23: an openvino run recomputes them, its float32 differs)
+ADDED_PARAMETERS = {"precision": "fp32", "backend": "torch"}
 
 
 def _with_added_parameters(state: Any) -> Any:

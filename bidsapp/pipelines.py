@@ -23,7 +23,7 @@ class, ensembling, window step, box around the cord) is read from its row of the
 
 ``models`` maps model names (``lesion_ms``, ``spinalcord``, ...) to a ``models.LocatedModel`` or a
 folder; names it lacks are found with ``bidsapp.models.locate(name, models_dir=, demo=)``.
-Predictors are cached per process (one per model folder, folds, device, TTA, ensemble and precision).
+Predictors are cached per process (one per model folder, folds, device, TTA, ensemble, precision, backend).
 """
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ import numpy as np
 
 from . import boxes, tasks
 from .engine import NnUNetModel, NnUNetPredictor, resolve_device, resolve_precision
+from .engine.backends import resolve_backend
 from .errors import ConfigError
 from .imaging import like, like_sct
 from .models import crop_metadata
@@ -75,12 +76,12 @@ class RunOptions:
     demo: bool = False
     """Use the embedded demo models for the names ``models`` lacks."""
     precision: str = "auto"
-    """Network precision (``auto``, ``fp32``, ``bf16``, ``fp16``: ``engine.precision.resolve_precision``);
-    the command lines pass the one they resolved."""
+    backend: str = "torch"
+    """Network precision (``auto``, ``fp32``, ``bf16``, ``fp16``: ``engine.precision.resolve_precision``) and
+    runtime (``torch``, ``openvino``, ``auto``: ``engine.backends``); the command lines pass theirs."""
     cord: bool = False
-    """Tasks that write their cord mask (``Task.writes_cord``: the lesion tasks) also return it when their
-    own pass made none: ``spinalcord`` run as ``sct_deepseg spinalcord`` runs it (the BIDS run's
-    ``--cord``)."""
+    """Tasks that write their cord mask (``Task.writes_cord``) also return it when their own pass made none:
+    ``spinalcord`` run as ``sct_deepseg spinalcord`` runs it (the BIDS run's ``--cord``)."""
 
 
 @dataclass(frozen=True)
@@ -124,8 +125,7 @@ class Provenance:
     threshold: str | float
     """How the mask was made from the probabilities."""
     precision: str = "fp32"
-    """The nnU-Net networks' precision (``fp32``, ``bf16``, ``fp16``); in the sidecar it is the
-    ``State``'s (``Settings.parameters``), so :meth:`to_dict` leaves it out."""
+    """The nnU-Net networks' precision; in the sidecar it is the ``State``'s (``Settings.parameters``)."""
     crop: BoxResult | None = None
     """The ROI box or crop box around the cord (None: the task ran on the whole image)."""
     details: Mapping[str, Any] = field(default_factory=dict)
@@ -163,8 +163,7 @@ class TaskModels:
     task: tuple[str, ...]
     """The task's own pass, in order (``spinalcord`` first when the task runs on a box around the cord)."""
     names: tuple[str, ...]
-    """Every model run: the task's, and ``spinalcord`` first when only the cord mask needs it
-    (``RunOptions.cord``)."""
+    """Every model run: the task's, and ``spinalcord`` first when only the cord mask needs it (``cord``)."""
 
 
 def models_for(task: str | Task, options: RunOptions) -> TaskModels:
@@ -174,8 +173,8 @@ def models_for(task: str | Task, options: RunOptions) -> TaskModels:
 
 
 def locate(task: str | Task, options: RunOptions, models: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Every model of :func:`models_for`: as ``models`` gives it (a LocatedModel or a folder), else located
-    and verified (``bidsapp.models.locate``; raises ModelError / NoModelsError)."""
+    """Every model of :func:`models_for`: as ``models`` gives it (LocatedModel or folder), else located and
+    verified (``bidsapp.models.locate``; ModelError / NoModelsError)."""
     from . import models as registry
 
     given = models or {}
@@ -186,10 +185,9 @@ def locate(task: str | Task, options: RunOptions, models: Mapping[str, Any] | No
 def locate_and_guard(path: Path, task: str | Task, options: RunOptions, *,
                      models: Mapping[str, Any] | None = None, budget: Any = None,
                      allow_unusual: bool = False) -> tuple[dict[str, Any], Any]:
-    """Before any voxel of the image at ``path`` is read: its models (:func:`locate`) and its header
-    checked against them (plausible geometry, a grid on every model, the memory estimate within
-    ``budget``: ``guards.check_image``). Returns (the located models, the memory estimate); raises
-    InputImageError (refused image), ModelError. The BIDS runner's workers and ``bidsapp.segment`` both."""
+    """Before any voxel of the image at ``path`` is read: its models (:func:`locate`) and its header checked
+    against them (plausible geometry, a grid on every model, the memory estimate within ``budget``:
+    ``guards.check_image``). Returns (the located models, the estimate); InputImageError, ModelError."""
     from . import guards
     from .imaging import read_header
 
@@ -214,20 +212,22 @@ def _resolve(name: str, models: Mapping[str, Any] | None, options: RunOptions) -
 
 
 @lru_cache(maxsize=8)
-def _cached_predictor(folder: str, folds: tuple | None, device: str, tta: bool,
-                      ensemble: str, precision: str) -> NnUNetPredictor:
+def _cached_predictor(folder: str, folds: tuple | None, device: str, tta: bool, ensemble: str, precision: str,
+                      backend: str) -> NnUNetPredictor:
     # a model object serves one precision (its weights are converted in place): one load per key
-    model = NnUNetModel.load(folder, folds=list(folds) if folds is not None else None)
-    return NnUNetPredictor(model, device=device, tta=tta, ensemble=ensemble, precision=precision)
+    return NnUNetPredictor(NnUNetModel.load(folder, folds=list(folds) if folds is not None else None),
+                           device=device, tta=tta, ensemble=ensemble, precision=precision, backend=backend)
 
 
 def get_predictor(folder: str | Path, *, folds: Sequence[int | str] | None = None, device: str = "auto",
-                  tta: bool = False, ensemble: str = "logits", precision: str = "auto") -> NnUNetPredictor:
+                  tta: bool = False, ensemble: str = "logits", precision: str = "auto",
+                  backend: str = "torch") -> NnUNetPredictor:
     """The process-wide predictor for this model folder and settings (built on first use)."""
     folds_key = tuple(f if f == "all" else int(f) for f in folds) if folds is not None else None
     dev = resolve_device(device)
-    return _cached_predictor(str(Path(folder).resolve()), folds_key, str(dev), bool(tta), ensemble,
-                             resolve_precision(precision, dev))
+    precision = resolve_precision(precision, dev)
+    return _cached_predictor(str(Path(folder).resolve()), folds_key, str(dev), bool(tta), ensemble, precision,
+                             resolve_backend(backend, str(dev), precision))
 
 
 def class_index(labels: Mapping[str, int], task: str | Task) -> int:
@@ -254,6 +254,7 @@ class _Run:
     tta: bool
     ensemble: str
     precision: str = "fp32"
+    backend: str = "torch"
 
 
 @dataclass(frozen=True)
@@ -269,7 +270,7 @@ def _run_model(img: nib.Nifti1Image, spec: Task, model: ModelRef, run: _Run, *,
     windows overlapping that box run (exact inside it, background outside); ``tile_step``: the window
     step (default: the task's)."""
     predictor = get_predictor(model.path, folds=run.folds, device=run.device, tta=run.tta,
-                              ensemble=run.ensemble, precision=run.precision)
+                              ensemble=run.ensemble, precision=run.precision, backend=run.backend)
     step = spec.tile_step if tile_step is None else tile_step
     maps = predictor.predict_maps(img, roi=roi, tile_step=step)
     folds = list(predictor.model.folds)
@@ -289,7 +290,7 @@ def _cord(img: nib.Nifti1Image, located: Mapping[str, ModelRef], run: _Run) -> _
     crops runs on its crop box, found by a first whole-image pass of the same model (or sc_crop)."""
     spec = tasks.get(tasks.CORD_MODEL)
     return _cord_pass(img, located[tasks.CORD_MODEL],
-                      _Run(run.device, None, False, spec.ensemble, run.precision))
+                      _Run(run.device, None, False, spec.ensemble, run.precision, run.backend))
 
 
 def _cord_pass(img: nib.Nifti1Image, model: ModelRef, run: _Run) -> _Pass:
@@ -310,7 +311,7 @@ class _Around:
 
 def _box_result(spec: Task, name: str, box: boxes.Box, in_box: np.ndarray, shape: Sequence[int]) -> BoxResult:
     """What the sidecar says of the box ``name`` (``boxes.ROI_BOX``/``CROP_BOX``); a warning when the mask
-    (``in_box``: its array inside the box) reaches a face of the box inside the image."""
+    (``in_box``: inside the box) reaches a face of the box inside the image."""
     touches = boxes.touches_box(in_box, box, shape)
     if touches:
         log.warning("%s: the mask touches the %s %s; it may continue outside it", spec.name, name,
@@ -352,8 +353,7 @@ def _segment_around_cord(img: nib.Nifti1Image, spec: Task, located: Mapping[str,
 def _on_padded_box(img: nib.Nifti1Image, spec: Task, model: ModelRef, run: _Run,
                    pads: crop_metadata.CropPadding, cord_mask) -> _Around:
     """``spec``'s model on the crop box its ``crop_metadata.json`` asks for: the ``sc_crop`` detector's box,
-    else the bounding box of ``cord_mask()`` padded (``boxes.padded_box``). No cord: the whole image, with
-    a warning."""
+    else the bounding box of ``cord_mask()`` padded (``boxes.padded_box``). No cord: the whole image."""
     box, source, cord = boxes.detector_box(img, pads), "the sc_crop detector", None
     if box is None:
         cord = cord_mask()
@@ -411,8 +411,9 @@ def segment(img: nib.Nifti1Image, *, task: str | Task, models: Mapping[str, Any]
     every = {name: _resolve(name, models, options) for name in plan.names}
     located = {name: every[name] for name in plan.task}  # the task's own pass: its provenance
     device = resolve_device(options.device)
-    run = _Run(str(device), options.folds, bool(options.tta), options.ensemble or spec.ensemble,
-               resolve_precision(options.precision, device))
+    precision = resolve_precision(options.precision, device)
+    run = _Run(str(device), options.folds, bool(options.tta), options.ensemble or spec.ensemble, precision,
+               resolve_backend(options.backend, str(device), precision))
     if spec.engine == tasks.ONNX:
         return _segment_legacy(img, spec, located, run)
     around, out = _segment_nnunet(img, spec, located, run, options, models)
@@ -422,9 +423,9 @@ def segment(img: nib.Nifti1Image, *, task: str | Task, models: Mapping[str, Any]
     folds = {spec.main_model: out.folds}
     if around is not None and around.cord is not None and around.cord.folds:
         folds = {tasks.CORD_MODEL: around.cord.folds, **folds}
-    provenance = Provenance(task=spec.name, engine="bidsapp.engine.nnunet (torch)", device=run.device,
-                            models=located, folds=folds, tta=run.tta, ensemble=run.ensemble,
-                            precision=run.precision, threshold=_threshold(spec, run),
+    provenance = Provenance(task=spec.name, engine=f"bidsapp.engine.nnunet ({run.backend})",
+                            device=run.device, models=located, folds=folds, tta=run.tta,
+                            ensemble=run.ensemble, precision=run.precision, threshold=_threshold(spec, run),
                             crop=around.box if around is not None else None)
     return SegmentationResult(
         mask=like_sct(img, out.mask.astype(np.uint8), np.uint8),
@@ -435,8 +436,7 @@ def segment(img: nib.Nifti1Image, *, task: str | Task, models: Mapping[str, Any]
 
 def _segment_legacy(img: nib.Nifti1Image, spec: Task, located: Mapping[str, ModelRef],
                     run: _Run) -> SegmentationResult:
-    """The legacy ONNX models (``legacy.py``): the cord from ``spinalcord`` first (SCT's: step 0.5, largest
-    object), for the centreline."""
+    """The legacy ONNX models (``legacy.py``): SCT's cord from ``spinalcord`` first, for the centreline."""
     from .legacy import segment_legacy
 
     cord = _cord(img, located, run)

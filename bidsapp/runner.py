@@ -196,7 +196,7 @@ def run_options(settings: Settings) -> pipelines.RunOptions:
     return pipelines.RunOptions(device=settings.device, tta=settings.tta, folds=settings.folds,
                                 crop=settings.crop, ensemble=settings.ensemble,
                                 models_dir=settings.models_dir, demo=settings.demo,
-                                precision=settings.precision, cord=settings.cord)
+                                precision=settings.precision, backend=settings.backend, cord=settings.cord)
 
 
 def _process(item: WorkItem, settings: Settings, start: float) -> None:

@@ -4,7 +4,7 @@
     python -m bidsapp.segment spinalcord|lesion_ms_mp2rage|seg_ms_lesion|... -i IMAGE ...
     python -m bidsapp.segment -i IMAGE -t TASK_OR_MODEL_FOLDER -o MASK [--soft PROBMAP] [--tta]
         [--folds K ...] [--ensemble sct|logits|probabilities] [--device auto|cpu|cuda]
-        [--precision auto|fp32|bf16|fp16] [--demo]
+        [--precision auto|fp32|bf16|fp16] [--backend auto|torch|openvino] [--demo]
     python -m bidsapp.segment -i t2.nii.gz -c t2|t2_ax|t2s [-ofolder DIR] [-r 0] [-qc DIR]
 
 A first argument that names a task (SCT 7's ``spinalcord``, ``lesion_ms``, ``lesion_ms_mp2rage``, or an
@@ -28,10 +28,19 @@ from pathlib import Path
 from . import memory, tasks
 from .argtypes import Parser, flatten_folds, folds, mem_arg
 from .derivatives import nifti_stem
+from .engine.backends import BACKENDS
 from .engine.precision import PRECISIONS
 from .errors import EXIT
 from .pool import Interrupted, stop_on_signals
-from .settings import CROP_HELP, ENSEMBLE_HELP, ENSEMBLES, PRECISION_HELP, resolve_run_precision
+from .settings import (
+    BACKEND_HELP,
+    CROP_HELP,
+    ENSEMBLE_HELP,
+    ENSEMBLES,
+    PRECISION_HELP,
+    resolve_run_backend,
+    resolve_run_precision,
+)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SOFT_DEFAULT = Path("<default>.nii.gz")  # --soft without a path: SCT's soft-map name, resolved later
@@ -83,9 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ensemble", choices=ENSEMBLES, help=ENSEMBLE_HELP)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
     p.add_argument("--demo", action="store_true", help="use the embedded demo models (phantoms only)")
     p.add_argument("--models-dir", type=Path, metavar="DIR", help="where models are installed")
-    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads of torch and OpenVINO (default: torch's)")
     p.add_argument("--mem", type=mem_arg, metavar="SIZE",
                    help="memory this may use, e.g. 8G (bare number: MB); an image whose estimate exceeds it "
                    "is refused before any work (default: SLURM, cgroup or available memory)")
@@ -173,10 +184,14 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
+    precision = resolve_run_precision(args.precision, args.device)
+    try:
+        backend = resolve_run_backend(args.backend, args.device, precision)
+    except ValueError as exc:
+        raise _Usage(str(exc)) from exc
     options = pipelines.RunOptions(device=args.device, tta=args.tta, folds=flatten_folds(args.folds),
                                    crop=args.crop, ensemble=args.ensemble, models_dir=args.models_dir,
-                                   demo=args.demo,
-                                   precision=resolve_run_precision(args.precision, args.device))
+                                   demo=args.demo, precision=precision, backend=backend)
     task, models = args.task_name, _guard(args, options)
     img = load_image(args.input)
     result = pipelines.segment(img, task=task, models=models, options=options)
@@ -187,8 +202,9 @@ def run(args: argparse.Namespace) -> int:
         atomic_save_nifti(result.cord, args.cord)
     if args.qc is not None:
         _write_qc(args.qc, args.input, task, img, result)
-    log.info("%s: %d voxels in the mask (%s, %s, %.1f s)", args.output, int(result.mask.dataobj[...].sum()),
-             result.provenance.task, result.provenance.precision, time.perf_counter() - start)
+    log.info("%s: %d voxels in the mask (%s, %s, %s, %.1f s)", args.output,
+             int(result.mask.dataobj[...].sum()), result.provenance.task, result.provenance.precision,
+             backend, time.perf_counter() - start)
     return 0
 
 

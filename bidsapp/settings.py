@@ -27,6 +27,10 @@ ENSEMBLE_HELP = ("fold ensembling of the nnU-Net tasks: sct (SCT 7.3: each fold'
 PRECISION_HELP = ("numeric precision of the nnU-Net networks: auto (SCT's arithmetic: fp32 on every CPU, "
                   "fp16 autocast on CUDA), fp32, bf16 or fp16 (on a CPU: faster on some CPUs, with "
                   "avx512_bf16 or AMX, but not SCT's masks; without those instructions emulated, not faster)")
+#: the --backend help of both command lines (the rule is engine.backends.resolve_backend's)
+BACKEND_HELP = ("runtime of the nnU-Net networks: auto (OpenVINO on a CPU in fp32 where it is installed, "
+                "else torch), torch, or openvino (CPU, fp32 only: the same float32 function, faster; its "
+                "converted networks are cached in the work dir)")
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,9 @@ class Settings:
     precision: str = "fp32"
     """The network precision the run uses (``fp32``, ``bf16``, ``fp16``): ``--precision`` resolved once by the
     CLI (:func:`resolve_run_precision`), so every worker and the up-to-date check see the same one."""
+    backend: str = "torch"
+    """The runtime of the nnU-Net networks (``torch``, ``openvino``): ``--backend`` resolved once by the CLI
+    (:func:`resolve_run_backend`); part of the up-to-date parameters (another float32 rounding)."""
     overwrite: bool = False
     """Recompute images whose outputs are up to date."""
     dry_run: bool = False
@@ -117,6 +124,7 @@ class Settings:
                   "rules": rules, "precision": self.precision}
         if spec.engine == tasks.NNUNET:  # no fallback for old sidecars: an older engine's masks re-run
             params["arithmetic"] = ARITHMETIC
+            params["backend"] = self.backend
         if spec.crop.applies(self.crop) and spec.crop.box is not None:
             params["crop"] = spec.crop.box.to_dict()
         if spec.lesion_table:  # the cord mask and the drop change the mask, the table and the outputs
@@ -139,6 +147,19 @@ def resolve_run_precision(requested: str, device: str) -> str:
     from .engine import resolve_device
 
     return resolve_precision("auto", resolve_device(device))
+
+
+def resolve_run_backend(requested: str, device: str, precision: str) -> str:
+    """The backend a run uses for ``--backend`` ``requested`` on ``--device`` ``device`` in the resolved
+    ``precision`` (``engine.backends.resolve_backend``); ValueError for openvino on CUDA or not fp32.
+    OpenVINO itself is not imported."""
+    from .engine.backends import resolve_backend
+
+    if requested == "torch":
+        return requested
+    from .engine import resolve_device
+
+    return resolve_backend(requested, str(resolve_device(device)), precision)
 
 
 def _jsonable(value: Any) -> Any:

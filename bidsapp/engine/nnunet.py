@@ -22,7 +22,7 @@ from __future__ import annotations
 import ctypes
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import nibabel as nib
 import numpy as np
@@ -30,6 +30,7 @@ import torch
 
 from .. import orientation as ori
 from ..errors import ModelError
+from .backends import OpenVinoFolds, resolve_backend
 from .ensemble import ClassMaps, SctVote, logit_mean_maps
 from .modelfolder import NnUNetModel
 from .network import build_network, instance_norms_as_group_norms
@@ -163,11 +164,13 @@ class NnUNetPredictor:
     :func:`precision.resolve_precision`), "fp32", "bf16" or "fp16". The one used is ``self.precision``
     (``self.precision_emulated``: True where the hardware lacks it, see ``precision.py``). A reduced
     precision converts the model's weights in place: a model object serves one precision.
+    ``backend``: "torch", "openvino" (CPU, fp32; ``self.network`` is then the current fold's compiled
+    network, one fold compiled at a time) or "auto" (:func:`backends.resolve_backend`): ``self.backend``.
     """
 
     def __init__(self, model: NnUNetModel, *, device: str | torch.device = "cpu", tta: bool = False,
                  ensemble: str = "logits", tile_step: float = 0.5, precision: str = "auto",
-                 levers: Levers | None = None) -> None:
+                 levers: Levers | None = None, backend: str = "torch") -> None:
         if ensemble not in ENSEMBLES:
             raise ValueError(f"ensemble must be one of {ENSEMBLES}, not {ensemble!r}")
         self.model = model
@@ -188,13 +191,17 @@ class NnUNetPredictor:
         with torch.device("meta"):
             network = build_network(model.plans, model.configuration, model.num_input_channels,
                                     model.num_classes)
+        self.backend = resolve_backend(backend, str(self.device), self.precision)
         levers = levers or Levers()
+        if self.backend == "openvino":  # one window per call (measured best), NCDHW as the converted graph
+            levers = replace(levers, batch_size=1, channels_last=False)
         cpu = self.device.type == "cpu"
         self.network = instance_norms_as_group_norms(network) if levers.fast_norm else network
         self.batch_size = max(1, int(levers.batch_size if levers.batch_size is not None else 2 if cpu else 1))
         self.channels_last = cpu if levers.channels_last is None else bool(levers.channels_last)
         self._prepare_weights()
         self._loaded_fold: int | str | None = None
+        self._openvino = OpenVinoFolds(model) if self.backend == "openvino" else None
         self._load_fold(model.folds[0])
 
     def _prepare_weights(self) -> None:
@@ -229,6 +236,10 @@ class NnUNetPredictor:
 
     def _load_fold(self, fold: int | str) -> None:
         if fold == self._loaded_fold:
+            return
+        if self._openvino is not None:  # what the sliding loop calls: the fold's compiled network
+            self.network = self._openvino.network(fold)
+            self._loaded_fold = fold
             return
         try:
             self.network.load_state_dict(self.model.state_dicts[fold], assign=self._assign)

@@ -1,0 +1,125 @@
+"""Which runtime computes the nnU-Net networks (``--backend``), and the OpenVINO folds of a predictor.
+
+``torch`` runs the network modules; ``openvino`` (CPU, float32 only) runs each fold's network converted
+by ``openvino_runtime`` (the same float32 function, faster on a CPU: bench/RESULTS-openvino.md).
+``auto``: OpenVINO on the CPU in fp32 where it imports, torch otherwise (reduced precisions, CUDA).
+
+Converted models are cached (``openvino_runtime.IrCache``): read from ``<model folder>/openvino`` (an
+installer may fill it), written to ``$CORDLESION_OPENVINO_CACHE`` (the BIDS App sets it to
+``<work dir>/openvino``) or, for the single-image command, ``$XDG_CACHE_HOME/cordlesion/openvino``.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import ModelError
+
+if TYPE_CHECKING:
+    from .modelfolder import NnUNetModel
+    from .openvino_runtime import IrCache, OpenVinoBackend
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "openvino")
+#: the write folder of the converted models (the BIDS App: ``<work dir>/openvino``)
+CACHE_ENV = "CORDLESION_OPENVINO_CACHE"
+#: a model folder's subfolder read as a cache of converted models
+MODEL_CACHE = "openvino"
+
+
+def resolve_backend(requested: str, device: str, precision: str) -> str:
+    """``torch`` or ``openvino`` for ``--backend`` ``requested`` on ``device`` (a resolved ``cpu``/``cuda``,
+    as str or torch.device) in ``precision`` (resolved). ValueError where OpenVINO cannot serve: CUDA, or
+    a reduced precision (its f32 path is the only one that computes SCT's arithmetic)."""
+    if requested not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, not {requested!r}")
+    cpu_fp32 = str(device).split(":")[0] == "cpu" and precision == "fp32"
+    if requested == "auto":
+        from .openvino_runtime import available
+
+        return "openvino" if cpu_fp32 and available() else "torch"
+    if requested == "openvino" and not cpu_fp32:
+        raise ValueError(f"--backend openvino runs float32 on a CPU only (here: {precision} on {device}); "
+                         "use --backend torch")
+    return requested
+
+
+def write_dir() -> Path:
+    """Where converted models are stored: ``$CORDLESION_OPENVINO_CACHE``, else the user's cache folder."""
+    given = os.environ.get(CACHE_ENV)
+    if given:
+        return Path(given)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cordlesion" / MODEL_CACHE
+
+
+@lru_cache(maxsize=64)
+def file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a checkpoint (cached per process by path, size and mtime)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_sha256(path: Path) -> str:
+    st = os.stat(path)
+    return file_sha256(str(path), st.st_size, st.st_mtime_ns)
+
+
+class OpenVinoFolds:
+    """The compiled network of one fold at a time (a compiled ResEnc-L fold holds about twice its
+    checkpoint: bench/RESULTS-openvino.md); :meth:`network` releases the previous fold's before it
+    compiles the next. Threads: torch's count in this process (``--omp-nthreads`` / ``--threads``, set
+    once per worker)."""
+
+    def __init__(self, model: NnUNetModel, cache: IrCache | None = None,
+                 threads: Callable[[], int] | None = None) -> None:
+        from .openvino_runtime import IrCache, runtime_version
+
+        runtime_version()  # OpenVINO missing: ModelError now, not at the first image
+        self.model = model
+        self.cache = cache or IrCache((Path(model.folder) / MODEL_CACHE,), write_dir())
+        self._threads = threads or _torch_threads
+        self.fold: int | str | None = None
+        self.current: OpenVinoBackend | None = None
+        self.origins: list[str] = []
+        """Where each compiled fold came from (``cache``, ``converted``, ``converted in memory``)."""
+
+    def network(self, fold: int | str) -> OpenVinoBackend:
+        """The compiled network of ``fold`` (compiled now unless it is the current one)."""
+        from .openvino_runtime import fold_backend
+
+        if fold == self.fold and self.current is not None:
+            return self.current
+        self.current, self.fold = None, None
+        gc.collect()  # the compiled model's memory goes before the next fold's is allocated
+        path = self.model.checkpoint_paths[fold]
+        try:
+            sha = checkpoint_sha256(path)
+        except OSError as exc:
+            raise ModelError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+        self.current = fold_backend(self.model, fold, checkpoint_sha256=sha, batch=1, cache=self.cache,
+                                    threads=self._threads())
+        self.fold = fold
+        self.origins.append(self.current.origin)
+        log.info("OpenVINO: fold %s from %s", fold, self.current.origin)
+        return self.current
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+__all__ = ["BACKENDS", "CACHE_ENV", "MODEL_CACHE", "OpenVinoFolds", "checkpoint_sha256", "resolve_backend",
+           "write_dir"]
