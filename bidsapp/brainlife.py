@@ -77,7 +77,7 @@ def _options(config: dict[str, Any]) -> tuple[str, ...]:
             opts.append(f"--{flag}")
     if config.get("crop") is not None:  # lesion_ms around the cord or the whole image (default, as SCT)
         opts.append("--crop" if config["crop"] else "--no-crop")
-    for key in ("device", "precision"):
+    for key in ("device", "precision", "backend"):
         if config.get(key):
             opts += [f"--{key}", str(config[key])]
     if config.get("omp_nthreads"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -124,14 +124,19 @@ def _plan(name: str, path: str, folds: tuple | None) -> ModelPlan:
     return nnunet_plan(name, path, folds)
 
 
-def task_plans(models: Mapping[str, Any], folds: Sequence[int | str] | None = None) -> list[ModelPlan]:
+def task_plans(models: Mapping[str, Any], folds: Sequence[int | str] | None = None,
+               backend: str = "torch") -> list[ModelPlan]:
     """The plans of a job's models (``name -> LocatedModel`` or folder/file), read once per process. A
-    model whose plans cannot be read is left out of the estimate (its own loading reports the error)."""
+    model whose plans cannot be read is left out of the estimate (its own loading reports the error).
+    ``backend``: the run's; anything but ``torch`` (``auto`` included) is estimated as OpenVINO's."""
     out = []
     for name, located in models.items():
         path = str(getattr(located, "path", located))
         try:
-            out.append(_plan(name, path, tuple(folds) if folds is not None else None))
+            plan = _plan(name, path, tuple(folds) if folds is not None else None)
+            if backend != "torch" and plan.kind == "nnunet":  # one window per call
+                plan = replace(plan, backend="openvino", batch_size=1)
+            out.append(plan)
         except (ModelError, OSError) as exc:
             log.debug("%s: no memory estimate for this model (%s)", name, exc)
     return out

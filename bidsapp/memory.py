@@ -47,6 +47,8 @@ class ModelPlan:
     """Windows per forward pass (the engine runs 2 on the CPU)."""
     kind: str = "nnunet"
     """``nnunet`` or ``legacy`` (ONNX on a 0.5 mm in-plane grid, crops of 48^3)."""
+    backend: str = "torch"
+    """``torch`` or ``openvino`` (``--backend``): OpenVINO holds one compiled fold beside the checkpoints."""
 
 
 # ---- memory estimate ----------------------------------------------------------------------------
@@ -58,6 +60,12 @@ PROCESS_BASE_BYTES = 600 * MiB
 #: bytes per voxel and feature for the demo networks (4-6 features) and ResEnc-L / PlainConvUNet
 #: (32 features, patches up to 64x128x128); 40 f + 64 covers every one by 10 % or more.
 ACT_BYTES_PER_FEATURE, ACT_BYTES_PER_VOXEL = 40, 64
+#: OpenVINO: a compiled fold holds its weights re-laid out for its kernels and the mapped IR weights file,
+#: 2.1x the fold's checkpoint (ResEnc-L: +822 MB for 387 MB, bench/RESULTS-openvino.md); each model's
+#: predictor keeps its last fold compiled (the cord's while lesion_ms runs). A conversion (a cache miss)
+#: holds the converted model too, while it compiles: 3.5x covers it (bench/RESULTS.md, issue 23 rows).
+#: Its activations (254 MB for one 16x192x160 window) are below the torch formula's, used for both.
+OV_COMPILED_PER_CHECKPOINT_BYTE = 3.5
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,10 @@ def estimate_memory(shape: Sequence[int], zooms: Sequence[float], affine: np.nda
     v = int(np.prod([int(s) for s in shape[:3]], dtype=np.float64))
     fixed = {"worker": PROCESS_BASE_BYTES, "weights": sum(p.weights_bytes for p in plans),
              "image and outputs": 4 * v * F32}
+    compiled = sum(int(OV_COMPILED_PER_CHECKPOINT_BYTE * p.weights_bytes / max(1, p.n_folds))
+                   for p in plans if p.backend == "openvino" and p.kind == "nnunet")
+    if compiled:
+        fixed["compiled folds (OpenVINO)"] = compiled
     best: tuple[int, ModelPlan, tuple[int, ...], dict[str, int]] | None = None
     for plan in plans:
         grid = model_grid(shape[:3], zooms[:3], affine, plan)
@@ -245,5 +257,5 @@ def check_memory(path: str | Path, estimate: MemoryEstimate, budget: MemoryBudge
 
 
 __all__ = ["ModelPlan", "MemoryEstimate", "MemoryBudget", "PROCESS_BASE_BYTES", "ACT_BYTES_PER_FEATURE",
-           "ACT_BYTES_PER_VOXEL", "model_grid", "estimate_memory", "format_bytes", "memory_budget",
-           "check_memory"]
+           "ACT_BYTES_PER_VOXEL", "OV_COMPILED_PER_CHECKPOINT_BYTE", "model_grid", "estimate_memory",
+           "format_bytes", "memory_budget", "check_memory"]

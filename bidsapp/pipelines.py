@@ -192,8 +192,8 @@ def locate_and_guard(path: Path, task: str | Task, options: RunOptions, *,
     from .imaging import read_header
 
     located = locate(task, options, models)
-    estimate = guards.check_image(path, read_header(path), guards.task_plans(located, options.folds),
-                                  budget=budget, allow_unusual=allow_unusual)
+    plans = guards.task_plans(located, options.folds, options.backend)
+    estimate = guards.check_image(path, read_header(path), plans, budget=budget, allow_unusual=allow_unusual)
     return located, estimate
 
 

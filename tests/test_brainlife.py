@@ -97,7 +97,7 @@ def test_example_config_reads_as_documented(tmp_path):
     assert (spec.subject, spec.session) == ("01", "M0")
     assert set(spec.images) == {"t2w", "t2star"}
     assert spec.app_options == ("--skip_bids_validator", "--device", "auto", "--precision", "auto",
-                                "--omp-nthreads", "4")
+                                "--backend", "auto", "--omp-nthreads", "4")
 
 
 def test_build_bids_links_inputs_under_their_suffixes(tmp_path):
