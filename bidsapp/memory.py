@@ -61,11 +61,11 @@ PROCESS_BASE_BYTES = 600 * MiB
 #: (32 features, patches up to 64x128x128); 40 f + 64 covers every one by 10 % or more.
 ACT_BYTES_PER_FEATURE, ACT_BYTES_PER_VOXEL = 40, 64
 #: OpenVINO: a compiled fold holds its weights re-laid out for its kernels and the mapped IR weights file,
-#: 2.1x the fold's checkpoint (ResEnc-L: +822 MB for 387 MB, bench/RESULTS-openvino.md); each model's
-#: predictor keeps its last fold compiled (the cord's while lesion_ms runs). A conversion (a cache miss)
-#: holds the converted model too, while it compiles: 3.5x covers it (bench/RESULTS.md, issue 23 rows).
-#: Its activations (254 MB for one 16x192x160 window) are below the torch formula's, used for both.
-OV_COMPILED_PER_CHECKPOINT_BYTE = 3.5
+#: ~2.1x the fold's checkpoint (ResEnc-L: +822 MB for 387 MB, bench/RESULTS-openvino.md); each model's
+#: predictor keeps its last fold compiled (the cord's while lesion_ms runs). Whole processes (ResEnc-L,
+#: 240x240x40, bench/RESULTS.md issue 23): 1866 MB peak from the cache, 1590 MB converting; 2.5x covers
+#: both. Its activations (254 MB for one 16x192x160 window) are below the torch formula's, used for both.
+OV_COMPILED_PER_CHECKPOINT_BYTE = 2.5
 
 
 @dataclass(frozen=True)

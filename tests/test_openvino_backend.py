@@ -10,6 +10,7 @@ import importlib.util
 import json
 import shutil
 import weakref
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -194,3 +195,28 @@ def test_the_default_backends_lesion_ms_is_real_scts_mask(sct, release, tmp_path
     a, b = np.asarray(ours.mask.dataobj).astype(bool), np.asarray(ref.dataobj).astype(bool)
     assert 0.01 < b.mean() < 0.9, "the phantom must give a real mask"
     assert dice(a, b) >= 0.999, f"{int((a != b).sum())} voxels differ"
+
+
+# ---- the memory guard --------------------------------------------------------------------------------------
+def test_the_memory_estimate_counts_the_compiled_fold_and_covers_the_measured_peak(tmp_path):
+    from bidsapp import guards, memory
+
+    # bench/engine_vs_nnunet.py --whole-process, ResEnc-L (387 MB checkpoint), 240x240x40 at 0.7x0.7x3 mm:
+    # measured peak RSS of our whole process, OpenVINO from the cache 1866 MB, converting 1590 MB; torch's
+    # default path 2102 MB for nnU-Net's predictor (bench/RESULTS.md, issue 23 rows)
+    plan = memory.ModelPlan("lesion_ms", spacing=(3.0, 0.7, 0.7), patch_size=(16, 192, 160), base_features=32,
+                            weights_bytes=387 * 2 ** 20)
+    aff = np.diag([0.7, 0.7, 3.0, 1.0])
+    ov = memory.estimate_memory((240, 240, 40), (0.7, 0.7, 3.0), aff,
+                                [replace(plan, backend="openvino", batch_size=1)])
+    assert ov.parts["compiled folds (OpenVINO)"] == int(2.5 * 387 * 2 ** 20)
+    assert ov.total_bytes >= 1866 * 2 ** 20 * 1.1
+    torch_only = memory.estimate_memory((240, 240, 40), (0.7, 0.7, 3.0), aff, [plan])
+    assert "compiled folds (OpenVINO)" not in torch_only.parts
+    # the guard's plans follow the run's backend (auto counts as OpenVINO: the CLIs resolve it first)
+    folder = build_folder(tmp_path / "m", folds=(0, 1))
+    torch_plans = guards.task_plans({"m": folder}, backend="torch")
+    ov_plans = guards.task_plans({"m": folder}, backend="openvino")
+    assert [(p.backend, p.batch_size) for p in torch_plans] == [("torch", 2)]
+    assert [(p.backend, p.batch_size) for p in ov_plans] == [("openvino", 1)]
+    assert guards.task_plans({"m": folder}, backend="auto") == ov_plans
