@@ -87,6 +87,8 @@ def _sharpen(state: dict, plans: dict, patch) -> dict:
     x = (x - x.mean()) / x.std()
     z0, y0 = max(0, (x.shape[2] - patch[0]) // 2), (x.shape[3] - patch[1]) // 2
     tile = x[:, :, z0:z0 + patch[0], y0:y0 + patch[1], y0:y0 + patch[2]]
+    short = [p - t for p, t in zip(patch, tile.shape[2:], strict=True)]  # a patch deeper than the phantom
+    tile = torch.nn.functional.pad(tile, [v for s in reversed(short) for v in (0, max(s, 0))])
     with torch.inference_mode():
         diff = (lambda o: o[0, 1] - o[0, 0])(net(tile)).flatten()
     scale = 8.0 / float(diff.std() + 1e-6)

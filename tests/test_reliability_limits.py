@@ -33,6 +33,7 @@ from reliability_data import (
 from bidsapp import guards, memory
 from bidsapp.demo.dataset import save_nifti
 from bidsapp.models import locate
+from bidsapp.settings import resolve_run_backend, resolve_run_precision
 
 FAST = ["--demo", "--skip_bids_validator", "--omp-nthreads", "1"]
 
@@ -123,7 +124,9 @@ def test_an_image_over_a_small_mem_is_refused_and_the_others_land(tiny, tmp_path
     rng = np.random.default_rng(0)
     big = nib.Nifti1Image((100 + rng.random((40, 40, 40)) * 50).astype(np.float32), np.diag([5.0] * 3 + [1]))
     path = _put(bids, "coarse", big)
-    plans = [guards.nnunet_plan(m, locate(m, demo=True).path) for m in ("spinalcord", "lesion_ms")]
+    backend = resolve_run_backend("auto", "auto", resolve_run_precision("auto", "auto"))  # the run's
+    plans = guards.task_plans({m: locate(m, demo=True).path for m in ("spinalcord", "lesion_ms")},
+                              backend=backend)
     good = nib.load(str(image_path(bids, "sub-01", "sag")))
 
     def estimate(img):

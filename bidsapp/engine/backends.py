@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING
 from ..errors import ModelError
 
 if TYPE_CHECKING:
+    import torch
+
     from .modelfolder import NnUNetModel
-    from .openvino_runtime import IrCache, OpenVinoBackend
+    from .openvino_runtime import ConversionKey, IrCache, OpenVinoBackend
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +80,10 @@ def checkpoint_sha256(path: Path) -> str:
 class OpenVinoFolds:
     """The compiled network of one fold at a time (a compiled ResEnc-L fold holds about twice its
     checkpoint: bench/RESULTS-openvino.md); :meth:`network` releases the previous fold's before it
-    compiles the next. Threads: torch's count in this process (``--omp-nthreads`` / ``--threads``, set
-    once per worker)."""
+    compiles the next. The checkpoint tensors of a fold whose converted model is in the cache are let go
+    (read again from the checkpoint file only if the entry disappears), so with a filled cache the process
+    holds one compiled fold, not the folds' weights too. Threads: torch's count in this process
+    (``--omp-nthreads`` / ``--threads``, set once per worker)."""
 
     def __init__(self, model: NnUNetModel, cache: IrCache | None = None,
                  threads: Callable[[], int] | None = None) -> None:
@@ -93,26 +97,52 @@ class OpenVinoFolds:
         self.current: OpenVinoBackend | None = None
         self.origins: list[str] = []
         """Where each compiled fold came from (``cache``, ``converted``, ``converted in memory``)."""
+        for fold in model.folds:
+            if self.cache.find(self._key(fold)) is not None:
+                self._let_go(fold)
 
     def network(self, fold: int | str) -> OpenVinoBackend:
         """The compiled network of ``fold`` (compiled now unless it is the current one)."""
-        from .openvino_runtime import fold_backend
+        from .openvino_runtime import load_backend
 
         if fold == self.fold and self.current is not None:
             return self.current
         self.current, self.fold = None, None
         gc.collect()  # the compiled model's memory goes before the next fold's is allocated
-        path = self.model.checkpoint_paths[fold]
-        try:
-            sha = checkpoint_sha256(path)
-        except OSError as exc:
-            raise ModelError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-        self.current = fold_backend(self.model, fold, checkpoint_sha256=sha, batch=1, cache=self.cache,
+        self.current = load_backend(self._key(fold), lambda: self._network(fold), cache=self.cache,
                                     threads=self._threads())
         self.fold = fold
         self.origins.append(self.current.origin)
+        if self.current.origin == "converted":  # stored: the next process reads the cache
+            self._let_go(fold)
         log.info("OpenVINO: fold %s from %s", fold, self.current.origin)
         return self.current
+
+    def _key(self, fold: int | str) -> ConversionKey:
+        from .openvino_runtime import model_key
+
+        path = self.model.checkpoint_paths[fold]
+        try:
+            return model_key(self.model, checkpoint_sha256(path), batch=1)
+        except OSError as exc:
+            raise ModelError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+
+    def _network(self, fold: int | str) -> torch.nn.Module:
+        """The fold's torch network for a conversion, its weights read again if they were let go."""
+        from .modelfolder import load_checkpoint
+        from .openvino_runtime import fold_network
+
+        if not self.model.state_dicts.get(fold):
+            path = self.model.checkpoint_paths[fold]
+            self.model.state_dicts[fold] = load_checkpoint(path)["network_weights"]
+        return fold_network(self.model, fold)
+
+    def _let_go(self, fold: int | str) -> None:
+        from .nnunet import _return_freed_heap
+
+        self.model.state_dicts[fold] = {}
+        gc.collect()
+        _return_freed_heap()
 
 
 def _torch_threads() -> int:
