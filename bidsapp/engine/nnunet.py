@@ -19,7 +19,6 @@ Example::
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -31,6 +30,7 @@ import torch
 from .. import orientation as ori
 from ..errors import ModelError
 from .backends import OpenVinoFolds, resolve_backend
+from .backends import return_freed_heap as _return_freed_heap
 from .ensemble import ClassMaps, SctVote, logit_mean_maps
 from .modelfolder import NnUNetModel
 from .network import build_network, instance_norms_as_group_norms
@@ -101,15 +101,6 @@ def _resampling_kwargs(config: dict, which: str, default_order: int) -> dict:
     kw = dict(config.get(f"resampling_fn_{which}_kwargs") or {})
     return {"order": int(kw.get("order", default_order)), "order_z": int(kw.get("order_z", 0)),
             "force_separate_z": kw.get("force_separate_z")}
-
-
-def _return_freed_heap() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them, so the originals of the converted
-    weights would stay in the process's memory, ~250 MB for ResEnc-L); a no-op without glibc."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _prepare_cpu_weights(state: dict[str, torch.Tensor], channels_last: bool,
