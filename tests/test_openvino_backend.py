@@ -164,6 +164,9 @@ def test_parameters_carry_the_backend_and_old_sidecars_count_as_torch(tmp_path):
 
 
 def test_a_demo_run_records_the_backend(tmp_path, capsys):
+    # run.py is one process per run; in this test process an earlier test's predictor (and the cache it
+    # was built with) would otherwise serve this run
+    pipelines._cached_predictor.cache_clear()
     bids = tmp_path / "bids"
     anat = bids / "sub-01" / "anat"
     anat.mkdir(parents=True)
