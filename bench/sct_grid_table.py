@@ -49,7 +49,7 @@ def rows(grid: Path) -> list[tuple[str, str, dict]]:
                 continue
             if task not in done:
                 done[task] = pipelines.segment(nib.load(str(d / "in.nii.gz")), task=task, models=folders,
-                                               options=RunOptions(device="cpu"))
+                                               options=RunOptions(device="cpu", backend="auto"))
             ours = np.asanyarray(getattr(done[task], field).dataobj)
             ref = np.asanyarray(nib.load(str(d / name)).dataobj)
             label = f"{task} {'soft map' if field == 'probseg' else 'mask'}"

@@ -27,7 +27,7 @@ def test_lesion_ms_default_is_real_scts_mask(sct, lesion_ms, tmp_path):  # noqa:
     img = so.sct_image("las", seed=3)
     ref = sct.deepseg("lesion_ms", zip_path, save(img, tmp_path / "in.nii.gz"), tmp_path / "sct.nii.gz")
     ours = pipelines.segment(img, task="lesion_ms", models={"lesion_ms": folder},
-                             options=RunOptions(device="cpu"))
+                             options=RunOptions(device="cpu", backend="auto"))
     a, b = np.asarray(ours.mask.dataobj).astype(bool), np.asarray(ref.dataobj).astype(bool)
     assert 0.01 < b.mean() < 0.9, "the phantom must give a real mask"
     assert dice(a, b) >= 0.999, f"{int((a != b).sum())} voxels differ"

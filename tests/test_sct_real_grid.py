@@ -60,11 +60,12 @@ def _sct_out(grid, sct, task: str, case: str, *options: str) -> nib.Nifti1Image:
 
 
 def _ours(grid, task: str, case: str) -> pipelines.SegmentationResult:
+    """Our outputs with run.py's defaults: precision and backend "auto" (OpenVINO on a CPU)."""
     key = (task, case)
     if key not in grid["ours"]:
         img = nib.load(str(_case_dir(grid, case) / "in.nii.gz"))
         grid["ours"][key] = pipelines.segment(img, task=task, models=grid["models"].folders,
-                                              options=RunOptions(device="cpu"))
+                                              options=RunOptions(device="cpu", backend="auto"))
     return grid["ours"][key]
 
 
@@ -152,7 +153,8 @@ from bidsapp import pipelines
 from bidsapp.pipelines import RunOptions
 task, image, out, *models = sys.argv[1:]
 folders = dict(m.split("=", 1) for m in models)
-res = pipelines.segment(nib.load(image), task=task, models=folders, options=RunOptions(device="cpu"))
+res = pipelines.segment(nib.load(image), task=task, models=folders,
+                        options=RunOptions(device="cpu", backend="auto"))
 np.save(out, np.asanyarray(res.mask.dataobj))
 """
 
