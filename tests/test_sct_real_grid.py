@@ -60,7 +60,7 @@ def _sct_out(grid, sct, task: str, case: str, *options: str) -> nib.Nifti1Image:
 
 
 def _ours(grid, task: str, case: str) -> pipelines.SegmentationResult:
-    """Our outputs with run.py's defaults: precision and backend "auto" (OpenVINO on a CPU)."""
+    """Our outputs with run.py's defaults: precision and backend "auto" (whatever auto resolves to)."""
     key = (task, case)
     if key not in grid["ours"]:
         img = nib.load(str(_case_dir(grid, case) / "in.nii.gz"))
