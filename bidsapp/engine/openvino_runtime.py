@@ -24,7 +24,6 @@ import errno
 import fcntl
 import functools
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -54,11 +53,6 @@ REQUIREMENT = "openvino==2026.4.1"
 PRECISION = "f32"
 #: files of one cache entry; META records the key and the sha256 of the other two
 XML, BIN, META = "model.xml", "model.bin", "meta.json"
-
-
-def available() -> bool:
-    """Whether OpenVINO can be imported here, without importing it (``--backend auto``)."""
-    return importlib.util.find_spec("openvino") is not None
 
 
 def _openvino() -> Any:
@@ -350,6 +344,6 @@ def fold_backend(model: NnUNetModel, fold: int | str, *, checkpoint_sha256: str,
                         cache=cache, threads=threads)
 
 
-__all__ = ["REQUIREMENT", "PRECISION", "ConversionKey", "IrCache", "OpenVinoBackend", "available",
+__all__ = ["REQUIREMENT", "PRECISION", "ConversionKey", "IrCache", "OpenVinoBackend",
            "compile_model", "convert", "fold_backend", "fold_network", "load_backend", "model_key",
            "network_sha256", "runtime_version"]
