@@ -28,9 +28,9 @@ PRECISION_HELP = ("numeric precision of the nnU-Net networks: auto (SCT's arithm
                   "fp16 autocast on CUDA), fp32, bf16 or fp16 (on a CPU: faster on some CPUs, with "
                   "avx512_bf16 or AMX, but not SCT's masks; without those instructions emulated, not faster)")
 #: the --backend help of both command lines (the rule is engine.backends.resolve_backend's)
-BACKEND_HELP = ("runtime of the nnU-Net networks: auto (torch), torch, or openvino (CPU, fp32 only: the "
-                "same float32 function, faster, but its results depend on its thread count; converted "
-                "networks are cached in the work dir)")
+BACKEND_HELP = ("runtime of the nnU-Net networks: auto (OpenVINO on a CPU in fp32 where it is installed, "
+                "else torch), torch, or openvino (CPU, fp32 only: the same float32 function, faster; its "
+                "converted networks are cached in the work dir)")
 
 
 @dataclass(frozen=True)

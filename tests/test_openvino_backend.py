@@ -111,15 +111,16 @@ def test_an_unwritable_cache_still_segments(release, tmp_path, monkeypatch):
 
 
 # ---- the rule ------------------------------------------------------------------------------------------
-def test_auto_is_torch_and_openvino_only_on_a_cpu_in_fp32():
-    # auto = torch: OpenVINO's outputs depend on its thread count (engine/backends.py's docstring)
-    assert bk.resolve_backend("auto", "cpu", "fp32") == "torch"
+def test_auto_is_openvino_only_on_a_cpu_in_fp32_where_it_is_installed(monkeypatch):
+    assert bk.resolve_backend("auto", "cpu", "fp32") == "openvino"
     assert bk.resolve_backend("openvino", "cpu", "fp32") == "openvino"
     for device, precision in (("cpu", "bf16"), ("cpu", "fp16"), ("cuda", "fp16"), ("cuda:0", "fp32")):
         assert bk.resolve_backend("auto", device, precision) == "torch"
         with pytest.raises(ValueError, match="float32 on a CPU only"):
             bk.resolve_backend("openvino", device, precision)
     assert bk.resolve_backend("torch", "cpu", "fp32") == "torch"
+    monkeypatch.setattr(bk.importlib.util, "find_spec", lambda name: None)  # OpenVINO not installed
+    assert bk.resolve_backend("auto", "cpu", "fp32") == "torch"
     with pytest.raises(ValueError, match="backend must be one of"):
         bk.resolve_backend("onnx", "cpu", "fp32")
 
@@ -130,14 +131,14 @@ def test_the_cli_resolves_the_backend_once_into_settings(tmp_path):
                                               "--device", "cpu", "--skip_bids_validator", *extra])
         return cli._settings(args, tmp_path, tmp_path / "out")
 
-    assert settings().backend == "torch"
-    assert runner.run_options(settings("--backend", "openvino")).backend == "openvino"
+    assert settings().backend == "openvino"
+    assert runner.run_options(settings()).backend == "openvino"
     assert settings("--backend", "torch").backend == "torch"
     assert settings("--precision", "bf16").backend == "torch"
     with pytest.raises(cli._Exit, match="float32 on a CPU only"):
         settings("--backend", "openvino", "--precision", "bf16")
-    assert json.loads(settings().dumps())["backend"] == "torch"
-    assert json.loads(settings("--backend", "openvino").dumps())["backend"] == "openvino"
+    assert json.loads(settings().dumps())["backend"] == "openvino"
+    assert json.loads(settings("--backend", "torch").dumps())["backend"] == "torch"
 
 
 def test_segment_refuses_openvino_in_a_reduced_precision(tmp_path, capsys):
@@ -176,7 +177,7 @@ def test_a_demo_run_records_the_backend(tmp_path, capsys):
     out, work = tmp_path / "out", tmp_path / "work"
     common = [str(bids), str(out), "participant", "--demo", "--skip_bids_validator", "--device", "cpu",
               "-w", str(work)]
-    assert cli.main([*common, "--backend", "openvino"]) == 0
+    assert cli.main(common) == 0  # the default: OpenVINO
     sidecar = out / derivatives.image_names("sub-01/anat/sub-01_T2w.nii.gz", "lesion_ms").mask_json
     prov = json.loads(sidecar.read_text())[derivatives.PROVENANCE_KEY]
     assert prov["State"]["Parameters"]["backend"] == "openvino"
@@ -191,13 +192,13 @@ def test_a_demo_run_records_the_backend(tmp_path, capsys):
 # ---- the real SCT 7.3 ----------------------------------------------------------------------------------
 @pytest.mark.sct_oracle
 @pytest.mark.parametrize("case", ["las", "psr"])
-def test_the_openvino_backends_lesion_ms_is_real_scts_mask(sct, release, tmp_path, monkeypatch,  # noqa: F811
+def test_the_default_backends_lesion_ms_is_real_scts_mask(sct, release, tmp_path, monkeypatch,  # noqa: F811
                                                            case):
     monkeypatch.setenv(bk.CACHE_ENV, str(tmp_path / "cache"))
     img = so.sct_image(case, seed=3)
     zip_path = model_zip(release["lesion_ms"], tmp_path / "lesion_ms.zip")
     ref = sct.deepseg("lesion_ms", zip_path, save(img, tmp_path / "in.nii.gz"), tmp_path / "sct.nii.gz")
-    options = pipelines.RunOptions(device="cpu", precision="auto", backend="openvino")
+    options = pipelines.RunOptions(device="cpu", precision="auto", backend="auto")
     ours = pipelines.segment(img, task="lesion_ms", models={"lesion_ms": release["lesion_ms"]},
                              options=options)
     assert ours.provenance.engine == "bidsapp.engine.nnunet (openvino)"

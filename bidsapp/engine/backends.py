@@ -2,9 +2,8 @@
 
 ``torch`` runs the network modules; ``openvino`` (CPU, float32 only) runs each fold's network converted
 by ``openvino_runtime`` (the same float32 function, faster on a CPU: bench/RESULTS-openvino.md).
-``auto``: torch, for now: OpenVINO's results depend on its thread count more than torch's (soft maps by
-up to 2e-3 between 1 and 2 threads, and runs of a study then differed in their masks), so the default
-stays the runtime whose outputs the reliability tests pin; ``openvino`` is asked for.
+``auto``: OpenVINO on the CPU in float32 where it imports, torch otherwise (CUDA, reduced precisions).
+Its results do not depend on the thread count (the instance norms it computes: ``axisnorm``).
 
 Converted models are cached (``openvino_runtime.IrCache``): read from ``<model folder>/openvino`` (an
 installer may fill it), written to ``$CORDLESION_OPENVINO_CACHE`` (the BIDS App sets it to
@@ -15,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import hashlib
+import importlib.util
 import logging
 import os
 from collections.abc import Callable
@@ -46,12 +46,17 @@ def resolve_backend(requested: str, device: str, precision: str) -> str:
     if requested not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, not {requested!r}")
     cpu_fp32 = str(device).split(":")[0] == "cpu" and precision == "fp32"
-    if requested == "auto":  # torch: see the module's docstring
-        return "torch"
+    if requested == "auto":
+        return "openvino" if cpu_fp32 and openvino_installed() else "torch"
     if requested == "openvino" and not cpu_fp32:
         raise ValueError(f"--backend openvino runs float32 on a CPU only (here: {precision} on {device}); "
                          "use --backend torch")
     return requested
+
+
+def openvino_installed() -> bool:
+    """Whether OpenVINO can be imported here, without importing it (``--backend auto``)."""
+    return importlib.util.find_spec("openvino") is not None
 
 
 def write_dir() -> Path:
@@ -161,5 +166,5 @@ def _torch_threads() -> int:
     return int(torch.get_num_threads())
 
 
-__all__ = ["BACKENDS", "CACHE_ENV", "MODEL_CACHE", "OpenVinoFolds", "checkpoint_sha256", "resolve_backend",
-           "return_freed_heap", "write_dir"]
+__all__ = ["BACKENDS", "CACHE_ENV", "MODEL_CACHE", "OpenVinoFolds", "checkpoint_sha256", "openvino_installed",
+           "resolve_backend", "return_freed_heap", "write_dir"]

@@ -6,11 +6,12 @@ The sliding-window loop calls ``backend(x)`` where it would call ``network(x)``:
                            threads=2)
     logits = backend(x)      # x: torch (N, C, *patch) float32 -> torch (N, classes, *patch) float32
 
-The network (``network.build_network`` + the fold's weights, nnU-Net's own InstanceNorm graph) is traced
-once at the window's shape and converted with ``openvino.convert_model``; the converted model (OpenVINO
-IR, float32 weights) is cached under a name derived from :class:`ConversionKey` (checkpoint sha256,
-network, window, batch, precision, OpenVINO version), so a changed checkpoint or runtime never meets a
-stale entry. Compiled with ``INFERENCE_PRECISION_HINT=f32`` (never bf16/fp16, whatever the CPU),
+The network (``network.build_network`` + the fold's weights, its instance norms written as
+``axisnorm.AxisMeanInstanceNorm``: OpenVINO's own MVN kernel sums too long in float32) is traced once at
+the window's shape and converted with ``openvino.convert_model``; the converted model (OpenVINO IR,
+float32 weights) is cached under a name derived from :class:`ConversionKey` (checkpoint sha256, network,
+window, batch, precision, OpenVINO version, graph version), so a changed checkpoint, runtime or graph
+never meets a stale entry. Compiled with ``INFERENCE_PRECISION_HINT=f32`` (never bf16/fp16, whatever the CPU),
 ``PERFORMANCE_HINT=LATENCY`` and the worker's thread count. OpenVINO is imported on first use only.
 
 Several workers, one conversion: entries are written to a temporary folder and renamed into place
@@ -41,6 +42,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelError
+from . import axisnorm
 from .network import architecture, build_network
 
 if TYPE_CHECKING:
@@ -88,6 +90,8 @@ class ConversionKey:
     precision: str
     runtime: str
     """``runtime_version()``."""
+    graph: str = axisnorm.VERSION
+    """How the network is written for the conversion (``axisnorm.VERSION``)."""
 
     def name(self) -> str:
         """The cache entry's folder name: readable prefix, then a digest of every field."""
@@ -230,11 +234,12 @@ def _discard_if_broken(entry: Path, key: ConversionKey) -> None:
 def convert(network: torch.nn.Module, window: Sequence[int]) -> Any:
     """``network`` (float32 weights) as an OpenVINO model static in ``window`` (N, C, *patch).
 
-    Traced once at that shape without torch's trace check (which would run the network twice more),
-    then ``openvino.convert_model``."""
+    Its instance norms become ``axisnorm.AxisMeanInstanceNorm`` (in place: the caller's network is built
+    for this conversion), then it is traced once at that shape without torch's trace check (which would
+    run the network twice more) and given to ``openvino.convert_model``."""
     ov = _openvino()
     example = torch.zeros(tuple(int(w) for w in window), dtype=torch.float32)
-    network = network.eval()
+    network = axisnorm.with_axis_mean_norms(network.eval())
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         # the tracer's notes (shape checks become constants: the model is static in the window anyway)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
