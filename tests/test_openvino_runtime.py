@@ -225,3 +225,26 @@ def test_a_network_openvino_cannot_convert_is_one_line_naming_the_checkpoint(dem
     # one line, the exception's type only: never the converter's own text (that goes to the log)
     assert re.fullmatch(rf"OpenVINO {re.escape(version)} cannot convert the network of checkpoint {sha[:12]} "
                         r"\(\w+; the log has the converter's message\); use --backend torch", text), text
+
+
+@pytest.mark.parametrize("task", ["lesion_ms", "spinalcord"])
+def test_a_network_traced_small_is_the_windows_model(demo, task):
+    """convert() traces at the encoder's total stride, not at the window: the compiled model must be the
+    one a trace at the window gives, bit for bit (ResEnc and PlainConvUNet)."""
+    import warnings
+
+    from bidsapp.engine import axisnorm
+
+    model = NnUNetModel.load(locate(task, demo=True).path, folds=[0])
+    window = ovr.model_key(model, "0" * 64).window
+    network = axisnorm.with_axis_mean_norms(ovr.fold_network(model, 0))
+    assert ovr.trace_shape(network, window) == (1, 1, 4, 8, 8)  # the demo plans' strides
+    full = torch.zeros(window)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        at_window = ovr._openvino().convert_model(torch.jit.trace(network, full, check_trace=False),
+                                                  example_input=full, input=[window])
+    x = _windows(model, 1).numpy()
+    small, whole = (ovr.compile_model(m, 2).create_infer_request().infer({0: x})[0].copy()
+                    for m in (ovr.convert(ovr.fold_network(model, 0), window), at_window))
+    np.testing.assert_array_equal(small, whole)

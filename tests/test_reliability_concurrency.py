@@ -70,12 +70,25 @@ def test_byte_identical_across_runs_and_nprocs(tiny, tmp_path, tmp_path_factory,
     assert masks(tmp_path / "n2", "*_probseg.nii.gz") == ref.probsegs
 
 
-def test_thread_count_changes_only_float_rounding(tiny, tmp_path, tmp_path_factory, capsys):
-    """--omp-nthreads 2 vs 1: torch's CPU kernels sum in another order, so probabilities may differ in
-    the last bits (documented: byte-identical needs the same --omp-nthreads); measured 4e-5, bound 1e-3."""
+def test_thread_count_changes_nothing_with_the_default_backend(tiny, tmp_path, tmp_path_factory, capsys):
+    """--omp-nthreads 2 vs 1 with the default (OpenVINO on a CPU): every sum's order is the graph's, not the
+    threads' (engine/axisnorm.py), so masks and probabilities are byte-identical."""
     ref = reference_run(tmp_path_factory, tiny)
     code = main_in_process([tiny, tmp_path / "t2", "participant", *FAST, "--nprocs", "1",
                             "--omp-nthreads", "2"])
+    assert code == 0, capsys.readouterr().err[-3000:]
+    assert "backend openvino" in capsys.readouterr().err
+    assert masks(tmp_path / "t2") == ref.masks
+    assert masks(tmp_path / "t2", "*_probseg.nii.gz") == ref.probsegs
+
+
+def test_torch_thread_count_changes_only_float_rounding(tiny, tmp_path, tmp_path_factory, capsys):
+    """--backend torch, --omp-nthreads 2 vs 1: torch's CPU kernels sum in another order, so probabilities may
+    differ in the last bits (documented: byte-identical needs the same --omp-nthreads with torch); measured
+    4e-5, bound 1e-3."""
+    ref = reference_run(tmp_path_factory, tiny, "--backend", "torch")
+    code = main_in_process([tiny, tmp_path / "t2", "participant", *FAST, "--nprocs", "1",
+                            "--omp-nthreads", "2", "--backend", "torch"])
     assert code == 0, capsys.readouterr().err[-3000:]
     for rel in ref.probsegs:
         a = np.asarray(nib.load(str(ref.output_dir / rel)).dataobj)
