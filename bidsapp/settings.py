@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, tasks
+from .engine.axisnorm import VERSION as OPENVINO_GRAPH
 from .engine.precision import ARITHMETIC
 
 #: the --crop / --no-crop help of both command lines (run.py and bidsapp.segment); the default is the
@@ -125,6 +126,8 @@ class Settings:
         if spec.engine == tasks.NNUNET:  # no fallback for old sidecars: an older engine's masks re-run
             params["arithmetic"] = ARITHMETIC
             params["backend"] = self.backend
+            if self.backend == "openvino":  # outputs of another graph (OpenVINO's MVN) re-run
+                params["openvino_graph"] = OPENVINO_GRAPH
         if spec.crop.applies(self.crop) and spec.crop.box is not None:
             params["crop"] = spec.crop.box.to_dict()
         if spec.lesion_table:  # the cord mask and the drop change the mask, the table and the outputs

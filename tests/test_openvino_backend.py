@@ -157,12 +157,22 @@ def test_parameters_carry_the_backend_and_old_sidecars_count_as_torch(tmp_path):
     state = {"InputSha256": "0" * 64, "Task": "lesion_ms", "Models": {},
              "Parameters": ov.parameters("lesion_ms")}
     torch_state = {**state, "Parameters": base.parameters("lesion_ms")}
-    old = {**state, "Parameters": {k: v for k, v in state["Parameters"].items() if k != "backend"}}
+    # a sidecar written before the backend was recorded: torch's parameters without "backend"
+    old = {**state, "Parameters": {k: v for k, v in torch_state["Parameters"].items() if k != "backend"}}
     (tmp_path / "mask.nii.gz").write_bytes(b"x")
     (tmp_path / "mask.json").write_text(json.dumps({derivatives.PROVENANCE_KEY: {
         "State": old, "Outputs": ["mask.nii.gz"]}}))
     assert derivatives.is_up_to_date(tmp_path, "mask.json", torch_state)
     assert not derivatives.is_up_to_date(tmp_path, "mask.json", state)  # another float32 rounding: rerun
+    # OpenVINO outputs of the MVN graph (before engine/axisnorm.py) re-run too
+    assert state["Parameters"]["openvino_graph"] == "axis-mean-1"
+    mvn = {**state, "Parameters": {k: v for k, v in state["Parameters"].items() if k != "openvino_graph"}}
+    (tmp_path / "mask.json").write_text(json.dumps({derivatives.PROVENANCE_KEY: {
+        "State": mvn, "Outputs": ["mask.nii.gz"]}}))
+    assert not derivatives.is_up_to_date(tmp_path, "mask.json", state)
+    (tmp_path / "mask.json").write_text(json.dumps({derivatives.PROVENANCE_KEY: {
+        "State": state, "Outputs": ["mask.nii.gz"]}}))
+    assert derivatives.is_up_to_date(tmp_path, "mask.json", state)
 
 
 def test_a_demo_run_records_the_backend(tmp_path, capsys):

@@ -8,7 +8,8 @@ The sliding-window loop calls ``backend(x)`` where it would call ``network(x)``:
 
 The network (``network.build_network`` + the fold's weights, its instance norms written as
 ``axisnorm.AxisMeanInstanceNorm``: OpenVINO's own MVN kernel sums too long in float32) is traced once at
-the window's shape and converted with ``openvino.convert_model``; the converted model (OpenVINO IR,
+its smallest input (:func:`trace_shape`) and converted for the window's shape with
+``openvino.convert_model``; the converted model (OpenVINO IR,
 float32 weights) is cached under a name derived from :class:`ConversionKey` (checkpoint sha256, network,
 window, batch, precision, OpenVINO version, graph version), so a changed checkpoint, runtime or graph
 never meets a stale entry. Compiled with ``INFERENCE_PRECISION_HINT=f32`` (never bf16/fp16, whatever the CPU),
