@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, tasks
-from .engine.axisnorm import VERSION as OPENVINO_GRAPH
-from .engine.precision import ARITHMETIC
+from .engine.precision import ARITHMETIC, OPENVINO_GRAPH
 
 #: the --crop / --no-crop help of both command lines (run.py and bidsapp.segment); the default is the
 #: task table's

@@ -17,8 +17,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-#: recorded in the converted model's cache key: a change here must never meet an entry built before it
-VERSION = "axis-mean-1"
+from .precision import OPENVINO_GRAPH
+
+#: recorded in the converted model's cache key and the up-to-date parameters: a change here must never
+#: meet an entry or an output built before it
+VERSION = OPENVINO_GRAPH
 _INSTANCE_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 
 

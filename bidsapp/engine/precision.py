@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch is imported by the functions that need it
     import torch
 
-__all__ = ["ARITHMETIC", "PRECISIONS", "CpuFeatures", "add_rounding_hooks", "conv_state_keys",
+__all__ = ["ARITHMETIC", "OPENVINO_GRAPH", "PRECISIONS", "CpuFeatures", "add_rounding_hooks",
+           "conv_state_keys",
            "convert_convolutions", "cpu_features", "emulation_warning", "is_emulated", "parse_cpu_flags",
            "resolve_precision", "torch_dtype"]
 
@@ -42,6 +43,10 @@ log = logging.getLogger(__name__)
 #: value whenever a change to it moves voxels, so outputs of an older engine are computed again.
 #: "sct7.3": SCT 7.3's per-fold path (its rounded spacing, nnunetv2-neuropoly's float16 window sums)
 ARITHMETIC = "sct7.3"
+#: how the network is written for OpenVINO (``engine.axisnorm``), in the up-to-date parameters of OpenVINO
+#: outputs and in its cache key: "axis-mean-1", InstanceNorm as axis-by-axis means (kept here, free of
+#: torch, so that the settings can name it without importing torch)
+OPENVINO_GRAPH = "axis-mean-1"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: /proc/cpuinfo flags of the dot-product instructions that make a reduced precision faster on a CPU
 NATIVE_CPU_FLAGS = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}
