@@ -11,17 +11,14 @@ one thread in a fixed order, so the result is the same for any thread count and 
 error (tests/test_axisnorm.py, bench/openvino_norm.py). The price: ~5-10 % of the network's time.
 
 Only the graph handed to OpenVINO uses it (``openvino_runtime.convert``); torch runs the original layers.
+A change here that moves a logit needs a new ``precision.OPENVINO_GRAPH`` (the cache key and the
+up-to-date parameters carry it, so no entry or output built before meets it).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .precision import OPENVINO_GRAPH
-
-#: recorded in the converted model's cache key and the up-to-date parameters: a change here must never
-#: meet an entry or an output built before it
-VERSION = OPENVINO_GRAPH
 _INSTANCE_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 
 
@@ -67,4 +64,4 @@ def with_axis_mean_norms(network: nn.Module) -> nn.Module:
     return network
 
 
-__all__ = ["VERSION", "AxisMeanInstanceNorm", "with_axis_mean_norms"]
+__all__ = ["AxisMeanInstanceNorm", "with_axis_mean_norms"]

@@ -45,6 +45,7 @@ import torch
 from ..errors import ModelError
 from . import axisnorm
 from .network import architecture, build_network
+from .precision import OPENVINO_GRAPH
 
 if TYPE_CHECKING:
     from .modelfolder import NnUNetModel
@@ -91,8 +92,8 @@ class ConversionKey:
     precision: str
     runtime: str
     """``runtime_version()``."""
-    graph: str = axisnorm.VERSION
-    """How the network is written for the conversion (``axisnorm.VERSION``)."""
+    graph: str = OPENVINO_GRAPH
+    """How the network is written for the conversion (``precision.OPENVINO_GRAPH``: ``axisnorm``)."""
 
     def name(self) -> str:
         """The cache entry's folder name: readable prefix, then a digest of every field."""

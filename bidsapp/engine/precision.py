@@ -44,8 +44,8 @@ log = logging.getLogger(__name__)
 #: "sct7.3": SCT 7.3's per-fold path (its rounded spacing, nnunetv2-neuropoly's float16 window sums)
 ARITHMETIC = "sct7.3"
 #: how the network is written for OpenVINO (``engine.axisnorm``), in the up-to-date parameters of OpenVINO
-#: outputs and in its cache key: "axis-mean-1", InstanceNorm as axis-by-axis means (kept here, free of
-#: torch, so that the settings can name it without importing torch)
+#: outputs and in its cache key: "axis-mean-1", InstanceNorm as axis-by-axis means (here, free of torch,
+#: so that the settings name it without importing torch; a change that moves a logit needs a new value)
 OPENVINO_GRAPH = "axis-mean-1"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: /proc/cpuinfo flags of the dot-product instructions that make a reduced precision faster on a CPU
