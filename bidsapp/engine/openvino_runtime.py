@@ -258,9 +258,10 @@ def convert(network: torch.nn.Module, window: Sequence[int]) -> Any:
 def trace_shape(network: torch.nn.Module, window: Sequence[int]) -> tuple[int, ...]:
     """The input the network is traced at: per spatial axis its encoder's total stride (the smallest input
     it takes, of which a plans' patch is a multiple), at most the window. Tracing runs the network once;
-    at the window's size that cost seconds and hundreds of MB per ResEnc-L fold (12 s, +535 MB at
-    64x192x160), here almost nothing. nnU-Net's networks bake no size into their graph, so the model
-    converted for the window is the same (tests: bit-identical outputs)."""
+    at the window's size that cost seconds and hundreds of MB per ResEnc-L fold (a study's first image:
+    162 s -> 81 s, and 1.7 GB less with memory-mapped checkpoints: bench/RESULTS-openvino.md). nnU-Net's
+    networks bake no size into their graph, so the model converted for the window is the same (tests:
+    bit-identical outputs)."""
     strides = getattr(getattr(network, "encoder", None), "strides", None)
     if not strides:
         return tuple(window)
